@@ -1,0 +1,11 @@
+"""Checkpoints: safe loading on torch >= 2.6 and every common ConvNeXt layout."""
+from .layouts import (LAYOUT_DESCRIPTIONS, detect_layout, infer_arch,
+                      to_convnext_mm)
+from .pretrained import load_pretrained, read_checkpoint
+from .safe_load import UnsafeCheckpointError, install, safe_torch_load
+
+__all__ = [
+    'LAYOUT_DESCRIPTIONS', 'UnsafeCheckpointError', 'detect_layout',
+    'infer_arch', 'install', 'load_pretrained', 'read_checkpoint',
+    'safe_torch_load', 'to_convnext_mm'
+]

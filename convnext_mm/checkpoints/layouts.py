@@ -1,0 +1,235 @@
+"""Recognise the common ConvNeXt checkpoint layouts and map them to ours.
+
+Ours are the names of the authors' detection/segmentation release without the
+``backbone.`` prefix (see :mod:`convnext_mm.models.convnext`). Each converter
+returns ``(backbone_state, dropped)``: the tensors under our names, and the
+names of what is not part of the backbone (classifier heads, necks, heads).
+"""
+import re
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+StateDict = Dict[str, torch.Tensor]
+Converted = Tuple[StateDict, List[str]]
+
+# the containers checkpoints wrap their weights in, most specific first
+_CONTAINERS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
+
+LAYOUT_DESCRIPTIONS = {
+    'authors_cls': "the ConvNeXt authors' classification release",
+    'authors_dense': "the ConvNeXt authors' detection/segmentation release "
+    '(or convnext_mm)',
+    'mmpretrain': 'mmpretrain / mmcls',
+    'timm': 'timm',
+    'torchvision': 'torchvision',
+}
+
+
+def unwrap(checkpoint) -> StateDict:
+    """Return the tensor dict inside a checkpoint object."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            'expected a checkpoint dict of tensors, or one wrapped under '
+            f'{"/".join(_CONTAINERS)}; got a {type(checkpoint).__name__}')
+    for key in _CONTAINERS:
+        if isinstance(checkpoint.get(key), dict):
+            return unwrap(checkpoint[key])
+    state = OrderedDict(
+        (k, v) for k, v in checkpoint.items() if isinstance(v, torch.Tensor))
+    if not state:
+        raise ValueError(
+            'the checkpoint holds no tensors (top-level keys: '
+            f'{sorted(checkpoint)[:10]}); expected a state dict, or one under'
+            f' {"/".join(_CONTAINERS)}')
+    return state
+
+
+def _strip_module_prefix(state: StateDict) -> StateDict:
+    if all(k.startswith('module.') for k in state):
+        return OrderedDict((k[len('module.'):], v) for k, v in state.items())
+    return state
+
+
+def detect_layout(state: StateDict) -> str:
+    """Name the layout of a state dict, or raise a ValueError."""
+    keys = list(state)
+
+    def has(pattern):
+        return any(re.search(pattern, k) for k in keys)
+
+    if has(r'(^|\.)features\.0\.0\.weight$'):
+        return 'torchvision'
+    if has(r'(^|\.)stem\.0\.weight$') and has(r'\.blocks\.\d+\.conv_dw\.'):
+        return 'timm'
+    if has(r'(^|\.)stages\.\d+\.\d+\.depthwise_conv\.'):
+        return 'mmpretrain'
+    if has(r'(^|\.)stages\.\d+\.\d+\.dwconv\.'):
+        if has(r'^backbone\.') or has(r'(^|\.)norm\d\.weight$'):
+            return 'authors_dense'
+        return 'authors_cls'
+    sample = ', '.join(keys[:6])
+    raise ValueError(
+        'not a ConvNeXt checkpoint layout convnext_mm knows. Recognised: ' +
+        '; '.join(LAYOUT_DESCRIPTIONS.values()) + f'. First keys: {sample}')
+
+
+def _split_prefix(state: StateDict, prefix: str) -> Converted:
+    """Keep the keys under ``prefix`` (stripped); name the rest dropped."""
+    if not any(k.startswith(prefix) for k in state):
+        return OrderedDict(state), []
+    kept = OrderedDict(
+        (k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    return kept, [k for k in state if not k.startswith(prefix)]
+
+
+def _apply_rules(state: StateDict, rules) -> Converted:
+    """Rename with ``(regex, replacement)`` rules; unmatched keys drop."""
+    out, dropped = OrderedDict(), []
+    for key, value in state.items():
+        for pattern, repl in rules:
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            dropped.append(key)
+    return out, dropped
+
+
+def _grn_and_scale_shapes(state: StateDict) -> StateDict:
+    """Flatten GRN/layer-scale params and 1x1-conv MLP weights to ours."""
+    for key, value in state.items():
+        if key.endswith(('.gamma', '.grn.beta')):
+            state[key] = value.reshape(-1)
+        elif re.search(r'\.pwconv[12]\.weight$', key) and value.ndim == 4:
+            state[key] = value.flatten(1)
+    return state
+
+
+_BACKBONE_KEY = (r'(downsample_layers\.\d+\.\d+\.(weight|bias)|'
+                 r'stages\.\d+\.\d+\.(dwconv|norm|pwconv1|pwconv2)\.'
+                 r'(weight|bias)|stages\.\d+\.\d+\.(gamma|grn\.gamma|'
+                 r'grn\.beta)|norm\d\.(weight|bias))')
+
+
+def convert_authors(state: StateDict) -> Converted:
+    """Both authors' releases; the classifier's final norm becomes norm3."""
+    state, dropped = _split_prefix(state, 'backbone.')
+    state, more = _apply_rules(state, [(_BACKBONE_KEY, r'\g<0>'),
+                                       (r'norm\.(weight|bias)', r'norm3.\1')])
+    return _grn_and_scale_shapes(state), dropped + more
+
+
+def convert_mmpretrain(state: StateDict) -> Converted:
+    state, dropped = _split_prefix(state, 'backbone.')
+    renamed = OrderedDict()
+    for key, value in state.items():
+        key = key.replace('.depthwise_conv.', '.dwconv.')
+        key = re.sub(r'\.pointwise_conv([12])\.', r'.pwconv\1.', key)
+        renamed[key] = value
+    state, more = _apply_rules(renamed, [(_BACKBONE_KEY, r'\g<0>')])
+    return _grn_and_scale_shapes(state), dropped + more
+
+
+def convert_timm(state: StateDict) -> Converted:
+    state, dropped = _split_prefix(state, 'backbone.')
+    blk = r'stages\.(\d+)\.blocks\.(\d+)'
+    state, more = _apply_rules(state, [
+        (r'stem\.(\d)\.(weight|bias)', r'downsample_layers.0.\1.\2'),
+        (r'stages\.(\d+)\.downsample\.(\d)\.(weight|bias)',
+         r'downsample_layers.\1.\2.\3'),
+        (blk + r'\.conv_dw\.(weight|bias)', r'stages.\1.\2.dwconv.\3'),
+        (blk + r'\.norm\.(weight|bias)', r'stages.\1.\2.norm.\3'),
+        (blk + r'\.mlp\.fc([12])\.(weight|bias)', r'stages.\1.\2.pwconv\3.\4'),
+        (blk + r'\.mlp\.grn\.weight', r'stages.\1.\2.grn.gamma'),
+        (blk + r'\.mlp\.grn\.bias', r'stages.\1.\2.grn.beta'),
+        (blk + r'\.gamma', r'stages.\1.\2.gamma'),
+        (r'head\.norm\.(weight|bias)', r'norm3.\1'),
+    ])
+    return _grn_and_scale_shapes(state), dropped + more
+
+
+def convert_torchvision(state: StateDict) -> Converted:
+    state, dropped = _split_prefix(state, 'backbone.')
+    out, more = OrderedDict(), []
+    for key, value in state.items():
+        m = re.fullmatch(r'features\.(\d+)\.(\d+)\.(.+)', key)
+        if m is None:
+            m_cls = re.fullmatch(r'classifier\.0\.(weight|bias)', key)
+            if m_cls:
+                out[f'norm3.{m_cls.group(1)}'] = value
+            else:
+                more.append(key)
+            continue
+        feature, index, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        if feature == 0:
+            out[f'downsample_layers.0.{index}.{rest}'] = value
+        elif feature % 2 == 0:
+            out[f'downsample_layers.{feature // 2}.{index}.{rest}'] = value
+        else:
+            prefix = f'stages.{feature // 2}.{index}'
+            names = {'0': 'dwconv', '2': 'norm', '3': 'pwconv1',
+                     '5': 'pwconv2'}
+            parts = rest.split('.')
+            if parts[0] == 'layer_scale':
+                out[f'{prefix}.gamma'] = value
+            elif parts[0] == 'block' and parts[1] in names:
+                out[f'{prefix}.{names[parts[1]]}.{parts[2]}'] = value
+            else:
+                more.append(key)
+    return _grn_and_scale_shapes(out), dropped + more
+
+
+CONVERTERS: Dict[str, Callable[[StateDict], Converted]] = {
+    'authors_cls': convert_authors,
+    'authors_dense': convert_authors,
+    'mmpretrain': convert_mmpretrain,
+    'timm': convert_timm,
+    'torchvision': convert_torchvision,
+}
+
+
+def to_convnext_mm(checkpoint,
+                   prefix: Optional[str] = None
+                   ) -> Tuple[StateDict, List[str], str]:
+    """Convert any known checkpoint to our backbone's names.
+
+    Args:
+        checkpoint (dict): A loaded checkpoint or state dict.
+        prefix (str, optional): Take only the keys under this prefix (as
+            mmengine's ``Pretrained`` init does). A ``backbone.`` prefix is
+            recognised without it.
+
+    Returns:
+        (state, dropped, layout): the backbone tensors under our names, the
+        original names of everything that is not backbone, the layout name.
+    """
+    state = _strip_module_prefix(unwrap(checkpoint))
+    dropped: List[str] = []
+    if prefix and prefix != 'backbone.':
+        if not any(k.startswith(prefix) for k in state):
+            raise ValueError(f'no key starts with prefix {prefix!r}; first '
+                             f'keys: {", ".join(list(state)[:6])}')
+        state, dropped = _split_prefix(state, prefix)
+    layout = detect_layout(state)
+    converted, more = CONVERTERS[layout](state)
+    return converted, dropped + more, layout
+
+
+def infer_arch(state: StateDict) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Depths and channels of a backbone state dict under our names."""
+    depths, channels = [], []
+    stage = 0
+    while f'downsample_layers.{stage}.{1 if stage == 0 else 0}.weight' in \
+            state:
+        blocks = {
+            int(m.group(1))
+            for k in state
+            for m in [re.match(rf'stages\.{stage}\.(\d+)\.', k)] if m
+        }
+        depths.append(len(blocks))
+        channels.append(state[f'stages.{stage}.0.dwconv.weight'].shape[0]
+                        if blocks else 0)
+        stage += 1
+    return tuple(depths), tuple(channels)
