@@ -13,7 +13,7 @@ MODELS = Registry(
     'model',
     parent=MMENGINE_MODELS,
     scope='convnext_mm',
-    locations=['convnext_mm.models'])
+    locations=['convnext_mm.models', 'convnext_mm.tta'])
 OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor',
     parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,

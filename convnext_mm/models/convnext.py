@@ -97,12 +97,12 @@ def _onednn_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     path. The op has no autograd formula and autocast does not see it, so
     under CPU bf16 autocast we cast its inputs as autocast would."""
     if (_LINEAR_POINTWISE is None or x.device.type != 'cpu'
-            or x.dtype != torch.float32 or torch.is_grad_enabled()
-            or not torch.backends.mkldnn.enabled):
+            or torch.is_grad_enabled() or not torch.backends.mkldnn.enabled):
         return None
     if not torch.is_autocast_enabled('cpu'):
-        return torch.float32
+        return torch.float32 if x.dtype == torch.float32 else None
     if torch.get_autocast_dtype('cpu') == torch.bfloat16 and \
+            x.dtype in (torch.float32, torch.bfloat16) and \
             torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return None

@@ -1,0 +1,232 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: reading a config of any
+of the three libraries, checking it before long work starts, and adapting
+GPU-only settings when running on a CPU."""
+import difflib
+import os
+import os.path as osp
+from typing import List, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+# the library each config names through its default_scope
+TASKS = {
+    'mmdet': 'detection',
+    'mmseg': 'segmentation',
+    'mmpretrain': 'classification',
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot work, found before any long work starts."""
+
+
+def check_options(cfg: Config, options: Optional[dict]) -> None:
+    """Refuse ``--cfg-options`` keys that look like typos of existing ones.
+
+    A key may add a new entry (a backbone argument the config leaves at its
+    default, say), but not one that is a near miss of a key that is there.
+    """
+    for dotted in options or {}:
+        node, parts = cfg, dotted.split('.')
+        for depth, part in enumerate(parts):
+            if isinstance(node, (list, tuple)) and part.isdigit():
+                node = node[int(part)] if int(part) < len(node) else None
+                continue
+            if not isinstance(node, dict) or part in node:
+                node = node.get(part) if isinstance(node, dict) else None
+                continue
+            siblings = [k for k in node if isinstance(k, str)]
+            close = difflib.get_close_matches(part, siblings, n=3, cutoff=0.8)
+            where = '.'.join(parts[:depth]) or 'the top level'
+            if depth == 0 or close:
+                hint = f'; did you mean {" or ".join(close)}?' if close else \
+                    f'; top-level keys: {", ".join(sorted(siblings))}'
+                raise ConfigError(
+                    f'unknown config key {dotted!r}: {where} has no '
+                    f'{part!r}{hint}')
+            break
+
+
+def load_config(path: str, options: Optional[dict] = None) -> Config:
+    """Read a config, merge ``--cfg-options`` after checking them."""
+    if not osp.isfile(path):
+        raise ConfigError(f'config file {path} does not exist')
+    cfg = Config.fromfile(path)
+    check_options(cfg, options)
+    if options:
+        cfg.merge_from_dict(options)
+    task_of(cfg)
+    return cfg
+
+
+def task_of(cfg: Config) -> str:
+    """'mmdet', 'mmseg' or 'mmpretrain', from the config's default_scope."""
+    scope = cfg.get('default_scope')
+    if scope not in TASKS:
+        raise ConfigError(
+            f'config has default_scope={scope!r}; convnext_mm tools run '
+            f'configs of {", ".join(TASKS)} (inherit their base configs, '
+            "e.g. _base_ = 'mmdet::_base_/default_runtime.py')")
+    return scope
+
+
+def _datasets(cfg_dataset):
+    """The leaf dataset configs of a possibly wrapped dataset config."""
+    if cfg_dataset is None:
+        return []
+    if 'datasets' in cfg_dataset:
+        return [d for sub in cfg_dataset['datasets'] for d in _datasets(sub)]
+    if 'dataset' in cfg_dataset:
+        return _datasets(cfg_dataset['dataset'])
+    return [cfg_dataset]
+
+
+def check_data(cfg: Config, splits: List[str]) -> None:
+    """Fail early, naming the key to set, when a dataset path is missing."""
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for dataset in _datasets(loader.get('dataset')):
+            root = dataset.get('data_root') or ''
+            paths = []
+            if root:
+                paths.append(('data_root', root))
+            ann = dataset.get('ann_file')
+            if ann:
+                paths.append(('ann_file', osp.join(root, ann)))
+            prefix = dataset.get('data_prefix') or {}
+            if isinstance(prefix, str):
+                prefix = dict(img_path=prefix)
+            for key, sub in prefix.items():
+                if sub:
+                    paths.append((f'data_prefix.{key}', osp.join(root, sub)))
+            for key, path in paths:
+                if not osp.exists(path):
+                    raise FileNotFoundError(
+                        f'{split}_dataloader.dataset.{key}: {path} does not '
+                        'exist. Point the config at your data, e.g. '
+                        f'--cfg-options {split}_dataloader.dataset.'
+                        'data_root=/path/to/dataset/')
+                if key != 'data_root' and _is_empty_dir(path):
+                    raise FileNotFoundError(
+                        f'{split}_dataloader.dataset.{key}: {path} is empty')
+
+
+def _is_empty_dir(path: str) -> bool:
+    if not osp.isdir(path):
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def _replace_type(node, old: str, new: str) -> int:
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == old:
+            node['type'] = new
+            count += 1
+        for value in node.values():
+            count += _replace_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += _replace_type(value, old, new)
+    return count
+
+
+def adapt_to_device(cfg: Config) -> List[str]:
+    """On a machine without CUDA, turn GPU-only settings into CPU ones.
+
+    Mixed precision (``AmpOptimWrapper``) needs CUDA; SyncBN cannot sync CPU
+    tensors across processes. Both are replaced, and each change is logged.
+    """
+    if torch.cuda.is_available():
+        return []
+    notes = []
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper is not None and wrapper.get('type') == 'AmpOptimWrapper':
+        wrapper['type'] = 'OptimWrapper'
+        wrapper.pop('loss_scale', None)
+        wrapper.pop('dtype', None)
+        notes.append('no CUDA: mixed precision off (OptimWrapper instead '
+                     'of AmpOptimWrapper)')
+    synced = _replace_type(cfg.get('model'), 'SyncBN', 'BN')
+    if synced:
+        notes.append(f'no CUDA: {synced} SyncBN norm configs use BN')
+    if cfg.get('launcher', 'none') != 'none':
+        # mmengine's launcher would call torch.cuda.set_device, and its DDP
+        # wrapper passes device_ids, which DDP refuses for CPU modules
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+        cfg.env_cfg.dist_cfg['backend'] = 'gloo'
+        wrapper_cfg = cfg.get('model_wrapper_cfg') or dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        wrapper_cfg['device_ids'] = None
+        cfg.model_wrapper_cfg = wrapper_cfg
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend='gloo')
+        notes.append('no CUDA: distributed training over gloo on the CPU')
+    for note in notes:
+        print_log(note, logger='current', level=30)
+    return notes
+
+
+def build_runner(cfg: Config):
+    """A runner from the config, as the libraries' own tools build it."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def use_tta(cfg: Config) -> None:
+    """Switch a config to its multi-scale + flip test, as the libraries'
+    own ``--tta`` does: the TTA pipeline for the test data, the TTA model
+    wrapping the config's model."""
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise ConfigError(
+            f'--tta needs {" and ".join(missing)} in the config (the '
+            'convnext_mm COCO, ADE20K and ImageNet configs define them)')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def check_checkpoint_fits(model, checkpoint: str) -> None:
+    """Refuse a checkpoint whose tensors do not fit ``model``.
+
+    mmengine only warns about shape mismatches and goes on with the layers
+    left at their init; here a ConvNeXt backbone of another arch is named,
+    and any other mismatch listed, before a run starts.
+    """
+    from .checkpoints import read_checkpoint
+    from .checkpoints.layouts import to_convnext_mm, unwrap
+    from .checkpoints.pretrained import check_compatible
+    from .models import ConvNeXt
+    while hasattr(model, 'module'):  # DDP and TTA wrappers
+        model = model.module
+    state = unwrap(read_checkpoint(checkpoint))
+    backbone = getattr(model, 'backbone', None)
+    backbone_state = {k: v for k, v in state.items()
+                      if k.startswith('backbone.')}
+    if isinstance(backbone, ConvNeXt) and backbone_state:
+        converted, _, _ = to_convnext_mm(backbone_state)
+        check_compatible(backbone, converted, checkpoint)
+    own = model.state_dict()
+    wrong = [
+        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        raise ValueError(f'{checkpoint} does not fit the model of this '
+                         f'config ({len(wrong)} shape mismatches): ' +
+                         '; '.join(wrong[:5]))
+    if not any(k in own for k in state):
+        raise ValueError(
+            f'{checkpoint} shares no parameter name with the model of this '
+            f'config; its first keys: {", ".join(list(state)[:5])}')
