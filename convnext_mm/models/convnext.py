@@ -156,7 +156,8 @@ class ConvNeXtBlock(nn.Module):
                     t.to(dtype) for t in (x, weight1, bias1, weight2, bias2))
             x = _LINEAR_POINTWISE(x, weight1, bias1, 'gelu', [], 'none')
             if self.grn is not None:
-                x = self.grn(x)
+                # autocast may run GRN's reductions in float32
+                x = self.grn(x).to(dtype)
             x = _LINEAR_POINTWISE(x, weight2, bias2, 'none', [], '')
         else:
             x = self.act(self.pwconv1(x))
