@@ -34,10 +34,11 @@ def check_options(cfg: Config, options: Optional[dict]) -> None:
             if isinstance(node, (list, tuple)) and part.isdigit():
                 node = node[int(part)] if int(part) < len(node) else None
                 continue
-            if not isinstance(node, dict) or part in node:
-                node = node.get(part) if isinstance(node, dict) else None
+            mapping = isinstance(node, (dict, Config))
+            if not mapping or part in node:
+                node = node.get(part) if mapping else None
                 continue
-            siblings = [k for k in node if isinstance(k, str)]
+            siblings = [k for k in node.keys() if isinstance(k, str)]
             close = difflib.get_close_matches(part, siblings, n=3, cutoff=0.8)
             where = '.'.join(parts[:depth]) or 'the top level'
             if depth == 0 or close:

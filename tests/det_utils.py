@@ -33,7 +33,7 @@ def _shrink(node):
 
 
 def small_config(leaf, data, work_dir, max_iters=10, ckpt_interval=5,
-                 lr=2e-3):
+                 lr=2e-3, tta_single_view=False):
     """The released ``configs/<leaf>.py``, scaled to an atto backbone, the
     generated shapes data and a few iterations; returns the dumped path."""
     cfg = Config.fromfile(str(ROOT / 'configs' / f'{leaf}.py'))
@@ -46,6 +46,9 @@ def small_config(leaf, data, work_dir, max_iters=10, ckpt_interval=5,
     model.roi_head.mask_head.num_classes = len(SHAPE_CLASSES)
     # 128x160 images: fewer RPN proposals keep the CPU run short
     model.test_cfg.rpn.nms_pre = model.test_cfg.rpn.max_per_img = 200
+    # a few iterations leave foreground scores tiny: keep every box, so the
+    # COCO metrics have detections to score
+    model.test_cfg.rcnn.score_thr = 0.
 
     metainfo = dict(classes=SHAPE_CLASSES)
     train, val = data['train'], data['val']
@@ -61,6 +64,12 @@ def small_config(leaf, data, work_dir, max_iters=10, ckpt_interval=5,
     for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
         evaluator.ann_file = val['data_root'] + val['ann_file']
     cfg.tta_pipeline = _shrink(copy.deepcopy(cfg.tta_pipeline))
+    if tta_single_view:  # the plain test's scale, unflipped
+        test_resize = [t for t in loader.dataset.pipeline
+                       if t['type'] == 'Resize']
+        views = cfg.tta_pipeline[1].transforms
+        views[0] = test_resize
+        views[1] = [dict(type='RandomFlip', prob=0.)]
 
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                          val_interval=10**6)

@@ -108,3 +108,20 @@ def test_mmpretrain_keeps_its_own_convnext_and_ours_has_a_scope():
     from mmpretrain.registry import MODELS
     assert MODELS.get('ConvNeXt') is PretrainConvNeXt
     assert MODELS.get('convnext_mm.ConvNeXt') is convnext_mm.ConvNeXt
+
+
+def test_coco_results_load_without_info_entry(tmp_path):
+    # pycocotools >= 2.0.9 requires 'info' in loadRes, which custom
+    # COCO-style files often lack; the pinned version must not
+    import json
+
+    from mmdet.datasets.api_wrappers import COCO
+    ann = dict(images=[dict(id=1, width=10, height=10, file_name='a.jpg')],
+               annotations=[dict(id=1, image_id=1, category_id=1, iscrowd=0,
+                                 bbox=[1, 1, 4, 4], area=16.)],
+               categories=[dict(id=1, name='thing')])
+    (tmp_path / 'ann.json').write_text(json.dumps(ann))
+    coco = COCO(str(tmp_path / 'ann.json'))
+    res = coco.loadRes([dict(image_id=1, category_id=1, bbox=[1, 1, 4, 4],
+                             score=0.9)])
+    assert len(res.getAnnIds()) == 1

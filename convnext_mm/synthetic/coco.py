@@ -85,7 +85,9 @@ def make_coco_instances(root, num_images: int = 16,
     ]
     ann_file = f'annotations/{split}.json'
     with open(root / ann_file, 'w') as f:
-        json.dump(dict(images=images, annotations=annotations,
+        json.dump(dict(info=dict(description='convnext_mm shapes',
+                                 version='1.0'),
+                       licenses=[], images=images, annotations=annotations,
                        categories=categories), f)
     return dict(data_root=str(root) + '/', ann_file=ann_file,
                 img_dir=f'{split}/')
