@@ -4,7 +4,7 @@ GPU-only settings when running on a CPU."""
 import difflib
 import os
 import os.path as osp
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from mmengine.config import Config
@@ -114,6 +114,62 @@ def check_data(cfg: Config, splits: List[str]) -> None:
                 if key != 'data_root' and _is_empty_dir(path):
                     raise FileNotFoundError(
                         f'{split}_dataloader.dataset.{key}: {path} is empty')
+            if prefix.get('seg_map_path'):
+                check_label_maps(dataset, split, cfg.get('default_scope'))
+
+
+def _suffixes(dataset, scope: Optional[str]) -> Tuple[str, str]:
+    """Image and label-map suffixes: the config's, else the class's."""
+    import inspect
+
+    from mmengine.registry import DATASETS
+    defaults = {}
+    name = dataset.get('type', '')
+    cls = DATASETS.get(f'{scope}.{name}' if scope and '.' not in name else
+                       name)
+    if cls is not None:
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(cls.__init__).parameters.items()
+        }
+    return (dataset.get('img_suffix', defaults.get('img_suffix', '.jpg')),
+            dataset.get('seg_map_suffix',
+                        defaults.get('seg_map_suffix', '.png')))
+
+
+def check_label_maps(dataset, split: str,
+                     scope: Optional[str] = None) -> None:
+    """Every image has a label map of its size, stored as single-channel
+    8-bit class indices. Only file headers are read."""
+    from PIL import Image
+    root = dataset.get('data_root') or ''
+    prefix = dataset['data_prefix']
+    img_dir = osp.join(root, prefix.get('img_path', ''))
+    seg_dir = osp.join(root, prefix['seg_map_path'])
+    img_suffix, seg_suffix = _suffixes(dataset, scope)
+    where = f'{split}_dataloader.dataset'
+    for name in sorted(os.listdir(img_dir)):
+        if not name.endswith(img_suffix):
+            continue
+        stem = name[:-len(img_suffix)]
+        label_path = osp.join(seg_dir, stem + seg_suffix)
+        if not osp.isfile(label_path):
+            raise FileNotFoundError(
+                f'{where}: image {name} has no label map {label_path}')
+        with Image.open(osp.join(img_dir, name)) as img, \
+                Image.open(label_path) as label:
+            if label.mode not in ('L', 'P'):
+                raise ValueError(
+                    f'{where}: label map {label_path} has PIL mode '
+                    f'{label.mode!r}; label maps must be single-channel '
+                    '8-bit PNGs (mode L or P) of class indices, 0 = "other"'
+                    ' (ignored with reduce_zero_label)')
+            if label.size != img.size:
+                raise ValueError(
+                    f'{where}: label map {label_path} is {label.size[0]}x'
+                    f'{label.size[1]} but its image {name} is '
+                    f'{img.size[0]}x{img.size[1]}; a label map must have '
+                    "its image's size")
 
 
 def _is_empty_dir(path: str) -> bool:

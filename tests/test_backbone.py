@@ -60,6 +60,23 @@ def test_bf16_autocast_matches_mmpretrain(use_grn, grad):
         assert rel_err(o.detach().float(), e) < 4e-2
 
 
+def test_pooled_classification_outputs_equal_mmpretrain():
+    from helpers import randomise_
+    from mmpretrain.models import ConvNeXt as Ref
+    ref = randomise_(Ref('atto', out_indices=(3, ), layer_scale_init_value=1.,
+                         gap_before_final_norm=True))
+    ours = ConvNeXt('atto', out_indices=(3, ), layer_scale_init_value=1.,
+                    gap_before_final_norm=True)
+    ours.load_state_dict(to_convnext_mm({'state_dict': ref.state_dict()})[0])
+    ref.eval()
+    ours.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        (o, ), (r, ) = ours(x), ref(x)
+    assert o.shape == r.shape == (2, 320)
+    assert rel_err(o, r) < 1e-5
+
+
 def test_gradients_equal_mmpretrain():
     # with autograd on, the plain PyTorch path runs (the oneDNN inference
     # kernels have no backward): its outputs must match as well

@@ -11,7 +11,8 @@ import torch
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic import make_coco_instances
-from det_utils import ROOT, metric, run_tool, small_config, train_losses
+from det_utils import small_config
+from tool_utils import ROOT, metric, run_tool, train_losses
 
 
 @pytest.fixture(scope='module')

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from convnext_mm.analysis.paper import COCO
-from det_utils import run_tool
+from tool_utils import run_tool
 
 
 def test_t_configs_match_table_3():
@@ -34,3 +34,16 @@ def test_shape_option_and_bad_config(tmp_path):
     code, out = run_tool('get_flops.py', str(tmp_path / 'missing.py'),
                          check=False)
     assert code != 0 and 'does not exist' in out
+
+
+def test_upernet_t_matches_table_4():
+    from convnext_mm.analysis.paper import ADE20K
+    _, out = run_tool('get_flops.py', 'configs/upernet_convnext_t_ade20k.py')
+    m = re.search(r'\| upernet_convnext_t_ade20k \| 2048x512 \| ([\d.]+) \| '
+                  r'\d+ \| ([\d.]+) \|', out)
+    assert m, out
+    params, gflops = float(m.group(1)), float(m.group(2))
+    assert params == pytest.approx(ADE20K['upernet_convnext_t_ade20k']
+                                   ['params'], abs=1.0)
+    assert gflops == pytest.approx(ADE20K['upernet_convnext_t_ade20k']
+                                   ['flops'], rel=0.02)

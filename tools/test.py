@@ -54,7 +54,7 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     try:
         launch.check_data(cfg, ['test'])
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     launch.adapt_to_device(cfg)
     runner = launch.build_runner(cfg)

@@ -65,7 +65,7 @@ def main(argv=None):
     splits = ['train'] + (['val'] if cfg.get('val_cfg') else [])
     try:
         launch.check_data(cfg, splits)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     launch.adapt_to_device(cfg)
     runner = launch.build_runner(cfg)

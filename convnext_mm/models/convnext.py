@@ -209,6 +209,9 @@ class ConvNeXt(BaseModule):
             memory for a second forward of each block. Defaults to False.
         use_grn (bool): ConvNeXt V2 blocks with Global Response Normalization
             (V2 also sets ``layer_scale_init_value=0``). Defaults to False.
+        gap_before_final_norm (bool): For classification: average-pool each
+            emitted stage before its norm and return ``(N, C)`` vectors, as
+            the authors' classifier (and mmpretrain) do. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
             loads any common ConvNeXt checkpoint layout (see
             :mod:`convnext_mm.checkpoints`); None gives the paper's init.
@@ -225,6 +228,7 @@ class ConvNeXt(BaseModule):
                  frozen_stages: int = 0,
                  with_cp: bool = False,
                  use_grn: bool = False,
+                 gap_before_final_norm: bool = False,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
         if pretrained is not None:
@@ -249,6 +253,7 @@ class ConvNeXt(BaseModule):
                 f'drop_path_rate={drop_path_rate!r} must be in [0, 1)')
         self.frozen_stages = max(frozen_stages, 0)
         self.use_grn = use_grn
+        self.gap_before_final_norm = gap_before_final_norm
 
         rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.downsample_layers = nn.ModuleList()
@@ -281,13 +286,18 @@ class ConvNeXt(BaseModule):
         self._freeze_stages()
 
     def forward(self, x: torch.Tensor) -> tuple:
-        """Return the normalised feature maps of ``out_indices``."""
+        """Return the normalised feature maps of ``out_indices`` (or their
+        pooled vectors with ``gap_before_final_norm``)."""
         x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
             x = self.stages[i](self.downsample_layers[i](x))
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x).contiguous())
+                norm = getattr(self, f'norm{i}')
+                if self.gap_before_final_norm:
+                    outs.append(norm(x.mean((2, 3), keepdim=True)).flatten(1))
+                else:
+                    outs.append(norm(x).contiguous())
         return tuple(outs)
 
     def _frozen_modules(self):

@@ -1,0 +1,6 @@
+_base_ = './_base_/convnext_imagenet.py'
+model = dict(
+    backbone=dict(
+        arch='base',
+        drop_path_rate=0.5),
+    head=dict(in_channels=1024))

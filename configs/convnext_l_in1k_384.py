@@ -1,0 +1,8 @@
+_base_ = './_base_/convnext_imagenet_finetune_384.py'
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.95,
+        init_cfg=dict(checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_large_1k_224_ema.pth')),
+    head=dict(in_channels=1536))
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.7))

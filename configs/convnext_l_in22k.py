@@ -1,0 +1,6 @@
+_base_ = './_base_/convnext_imagenet22k.py'
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.1),
+    head=dict(in_channels=1536))

@@ -1,0 +1,88 @@
+"""ImageNet configs end to end on a generated class-folder dataset, and a
+classifier checkpoint as the init of a detector's backbone."""
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from convnext_mm.checkpoints import safe_torch_load
+from convnext_mm.synthetic import make_coco_instances, make_image_folder
+from cls_utils import small_cls_config
+from det_utils import small_config
+from tool_utils import metric, run_tool, train_losses
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('shapes_folders'))
+
+
+@pytest.fixture(scope='module')
+def trained_classifier(folders, tmp_path_factory):
+    work = tmp_path_factory.mktemp('runs') / 'cls'
+    cfg = small_cls_config('convnext_t_in1k', folders, work, max_iters=10,
+                           ckpt_interval=2)
+    _, out = run_tool('train.py', cfg)
+    return cfg, work, out
+
+
+def test_classifier_trains_and_evaluates(trained_classifier):
+    cfg, work, out = trained_classifier
+    losses = [loss for _, loss in train_losses(work)]
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert 'EMAHook' in out
+    _, out = run_tool('test.py', cfg, work / 'iter_10.pth')
+    assert 0. <= metric(out, 'accuracy/top1') <= 100.
+
+
+def test_fine_tune_config_uses_layer_decay(folders, tmp_path):
+    cfg = small_cls_config('convnext_b_in22k_ft_in1k', folders,
+                           tmp_path / 'ft', max_iters=2, ckpt_interval=2)
+    _, out = run_tool('train.py', cfg)
+    assert 'ConvNeXtLRDecayConstructor: layer_wise, decay_rate 0.8, ' \
+        'num_layers 12' in out
+
+
+def test_classifier_checkpoint_initialises_a_detector(trained_classifier,
+                                                      tmp_path):
+    _, work, _ = trained_classifier
+    ckpt = work / 'iter_2.pth'
+    coco = dict(
+        train=make_coco_instances(tmp_path / 'coco', num_images=2),
+        val=make_coco_instances(tmp_path / 'coco', num_images=2,
+                                split='val'))
+    det_cfg = Config.fromfile(
+        str(small_config('mask_rcnn_convnext_t_coco', coco, tmp_path / 'd')))
+    det_cfg.model.backbone.init_cfg = dict(type='Pretrained',
+                                           checkpoint=str(ckpt))
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    detector = MODELS.build(det_cfg.model)
+    detector.init_weights()
+    saved = safe_torch_load(ckpt)['state_dict']
+    own = detector.backbone.state_dict()
+    arrived = [k for k in own if f'backbone.{k}' in saved]
+    # everything but the output norms of stages 0-2, which a classifier
+    # does not have
+    assert sorted(set(own) - set(arrived)) == [
+        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
+    ]
+    for key in arrived:
+        assert torch.equal(own[key], saved[f'backbone.{key}']), key
+
+
+def test_imagenet_configs_match_table_1():
+    _, out = run_tool('get_flops.py', 'configs/convnext_t_in1k.py',
+                      'configs/convnext_b_in22k_ft_in1k_384.py')
+    rows = dict(
+        (m.group(1), (float(m.group(2)), float(m.group(3))))
+        for m in re.finditer(r'\| (\w+) \| \d+x\d+ \| ([\d.]+) \| [\d.]+ \| '
+                             r'([\d.]+) \|', out))
+    assert rows['convnext_t_in1k'][0] == pytest.approx(28, abs=1.0)
+    assert rows['convnext_t_in1k'][1] == pytest.approx(4.5, rel=0.02)
+    assert rows['convnext_b_in22k_ft_in1k_384'][0] == pytest.approx(
+        89, abs=1.0)
+    assert rows['convnext_b_in22k_ft_in1k_384'][1] == pytest.approx(
+        45.0, rel=0.02)
