@@ -1,13 +1,15 @@
 """What ``tools/train.py`` and ``tools/test.py`` share: reading a config of any
 of the three libraries, checking it before long work starts, and adapting
 GPU-only settings when running on a CPU."""
+import argparse
 import difflib
 import os
 import os.path as osp
-from typing import List, Optional, Tuple
+import sys
+from typing import Callable, List, Optional, Tuple
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 # the library each config names through its default_scope
@@ -287,3 +289,45 @@ def check_checkpoint_fits(model, checkpoint: str) -> None:
         raise ValueError(
             f'{checkpoint} shares no parameter name with the model of this '
             f'config; its first keys: {", ".join(list(state)[:5])}')
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments ``tools/train.py`` and ``tools/test.py`` share."""
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--work-dir',
+                        help='where logs (and checkpoints) go (default: '
+                        'work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, KEY=VALUE')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
+                                                              List[str]],
+                   adjust: Callable[[Config], None] = lambda cfg: None):
+    """Load, check and adapt the config of ``args``, then build its runner.
+
+    ``adjust`` applies the tool's own options to the config; ``splits``
+    names the dataloaders whose data must exist. Bad input ends the process
+    with one ``error: ...`` line, before any long work.
+    """
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        adjust(cfg)
+        cfg.launcher = args.launcher
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+            'work_dirs', osp.splitext(osp.basename(args.config))[0])
+        check_data(cfg, splits(cfg))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
+    adapt_to_device(cfg)
+    runner = build_runner(cfg)
+    if cfg.get('load_from'):
+        try:
+            check_checkpoint_fits(runner.model, cfg.load_from)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f'error: {err}')
+    return runner

@@ -22,8 +22,14 @@ def small_config(leaf, data, work_dir, max_iters=10, ckpt_interval=5,
     for head in heads if isinstance(heads, list) else [heads]:
         head.num_classes = len(SHAPE_CLASSES)
     model.roi_head.mask_head.num_classes = len(SHAPE_CLASSES)
-    # 128x160 images: fewer RPN proposals keep the CPU run short
+    # 128x160 images with 1-3 objects: fewer proposals and RoI samples keep
+    # the CPU run short
     model.test_cfg.rpn.nms_pre = model.test_cfg.rpn.max_per_img = 200
+    model.train_cfg.rpn_proposal.nms_pre = 200
+    model.train_cfg.rpn_proposal.max_per_img = 200
+    rcnn = model.train_cfg.rcnn
+    for stage in rcnn if isinstance(rcnn, list) else [rcnn]:
+        stage.sampler.num = 128
     # a few iterations leave foreground scores tiny: keep every box, so the
     # COCO metrics have detections to score
     model.test_cfg.rcnn.score_thr = 0.

@@ -10,7 +10,7 @@ SCALE = 1 / 8  # 512 crops -> 64, the 2048x512 test scale -> 256x64
 
 
 def small_seg_config(leaf, data, work_dir, max_iters=20, ckpt_interval=10,
-                     lr=1e-3):
+                     lr=6e-3):
     """The released ``configs/<leaf>.py`` with an atto backbone, slim heads,
     the generated ADE20K-format data and a few iterations; returns the
     dumped config path."""
@@ -30,8 +30,12 @@ def small_seg_config(leaf, data, work_dir, max_iters=20, ckpt_interval=10,
     for loader in (cfg.train_dataloader, cfg.val_dataloader,
                    cfg.test_dataloader):
         loader.update(num_workers=0, persistent_workers=False)
+        # ADE20KDataset only admits its own 150 class names; BaseSegDataset
+        # reads the same layout with the generated classes
         loader.dataset.update(
-            data_root=data['data_root'], metainfo=data['metainfo'],
+            type='BaseSegDataset', img_suffix='.jpg', seg_map_suffix='.png',
+            reduce_zero_label=True, data_root=data['data_root'],
+            metainfo=data['metainfo'],
             pipeline=shrink_sizes(copy.deepcopy(loader.dataset.pipeline),
                                   SCALE))
     cfg.tta_pipeline = shrink_sizes(copy.deepcopy(cfg.tta_pipeline), SCALE)

@@ -6,8 +6,9 @@ model = dict(
     backbone=dict(init_cfg=dict(type='Pretrained')),
     head=dict(
         # trunc-normal std 0.02 x head_init_scale 0.001
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=2e-5,
-                      bias=0.)),
+        init_cfg=dict(
+            _delete_=True, type='TruncNormal', layer='Linear', std=2e-5,
+            bias=0.)),
     train_cfg=dict(_delete_=True))
 train_dataloader = dict(batch_size=32)
 optim_wrapper = dict(
