@@ -8,7 +8,7 @@ setup:
 	python3 tools/setup_env.py
 
 run: setup
-	$(PY) tools/smoke.py
+	$(PY) tools/demo.py
 
 test: setup
 	$(PY) -m pytest tests

@@ -9,9 +9,9 @@ from mmengine.registry import init_default_scope
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic import make_coco_instances, make_image_folder
-from cls_utils import small_cls_config
-from det_utils import small_config
-from tool_utils import metric, run_tool, train_losses
+from convnext_mm.synthetic.small_configs import (small_cls_config,
+                                                 small_det_config)
+from tool_utils import dumped, metric, run_tool, train_losses
 
 
 @pytest.fixture(scope='module')
@@ -22,8 +22,12 @@ def folders(tmp_path_factory):
 @pytest.fixture(scope='module')
 def trained_classifier(folders, tmp_path_factory):
     work = tmp_path_factory.mktemp('runs') / 'cls'
-    cfg = small_cls_config('convnext_t_in1k', folders, work, max_iters=10,
-                           ckpt_interval=2)
+    cfg = dumped(small_cls_config,
+                 'convnext_t_in1k',
+                 folders,
+                 work,
+                 max_iters=10,
+                 ckpt_interval=2)
     _, out = run_tool('train.py', cfg)
     return cfg, work, out
 
@@ -38,8 +42,12 @@ def test_classifier_trains_and_evaluates(trained_classifier):
 
 
 def test_fine_tune_config_uses_layer_decay(folders, tmp_path):
-    cfg = small_cls_config('convnext_b_in22k_ft_in1k', folders,
-                           tmp_path / 'ft', max_iters=2, ckpt_interval=2)
+    cfg = dumped(small_cls_config,
+                 'convnext_b_in22k_ft_in1k',
+                 folders,
+                 tmp_path / 'ft',
+                 max_iters=2,
+                 ckpt_interval=2)
     _, out = run_tool('train.py', cfg)
     assert 'ConvNeXtLRDecayConstructor: layer_wise, decay_rate 0.8, ' \
         'num_layers 12' in out
@@ -49,12 +57,14 @@ def test_classifier_checkpoint_initialises_a_detector(trained_classifier,
                                                       tmp_path):
     _, work, _ = trained_classifier
     ckpt = work / 'iter_2.pth'
-    coco = dict(
-        train=make_coco_instances(tmp_path / 'coco', num_images=2),
-        val=make_coco_instances(tmp_path / 'coco', num_images=2,
-                                split='val'))
+    coco = dict(train=make_coco_instances(tmp_path / 'coco', num_images=2),
+                val=make_coco_instances(tmp_path / 'coco',
+                                        num_images=2,
+                                        split='val'))
     det_cfg = Config.fromfile(
-        str(small_config('mask_rcnn_convnext_t_coco', coco, tmp_path / 'd')))
+        str(
+            dumped(small_det_config, 'mask_rcnn_convnext_t_coco', coco,
+                   tmp_path / 'd')))
     det_cfg.model.backbone.init_cfg = dict(type='Pretrained',
                                            checkpoint=str(ckpt))
     init_default_scope('mmdet')
@@ -76,13 +86,13 @@ def test_classifier_checkpoint_initialises_a_detector(trained_classifier,
 def test_imagenet_configs_match_table_1():
     _, out = run_tool('get_flops.py', 'configs/convnext_t_in1k.py',
                       'configs/convnext_b_in22k_ft_in1k_384.py')
-    rows = dict(
-        (m.group(1), (float(m.group(2)), float(m.group(3))))
-        for m in re.finditer(r'\| (\w+) \| \d+x\d+ \| ([\d.]+) \| [\d.]+ \| '
-                             r'([\d.]+) \|', out))
+    rows = dict((m.group(1), (float(m.group(2)), float(m.group(3))))
+                for m in re.finditer(
+                    r'\| (\w+) \| \d+x\d+ \| ([\d.]+) \| [\d.]+ \| '
+                    r'([\d.]+) \|', out))
     assert rows['convnext_t_in1k'][0] == pytest.approx(28, abs=1.0)
     assert rows['convnext_t_in1k'][1] == pytest.approx(4.5, rel=0.02)
-    assert rows['convnext_b_in22k_ft_in1k_384'][0] == pytest.approx(
-        89, abs=1.0)
-    assert rows['convnext_b_in22k_ft_in1k_384'][1] == pytest.approx(
-        45.0, rel=0.02)
+    assert rows['convnext_b_in22k_ft_in1k_384'][0] == pytest.approx(89,
+                                                                    abs=1.0)
+    assert rows['convnext_b_in22k_ft_in1k_384'][1] == pytest.approx(45.0,
+                                                                    rel=0.02)

@@ -11,23 +11,29 @@ import torch
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic import make_coco_instances
-from det_utils import small_config
-from tool_utils import ROOT, metric, run_tool, train_losses
+from convnext_mm.synthetic.small_configs import small_det_config
+from tool_utils import ROOT, dumped, metric, run_tool, train_losses
 
 
 @pytest.fixture(scope='module')
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp('shapes_coco')
-    return dict(
-        train=make_coco_instances(root, num_images=16, split='train'),
-        val=make_coco_instances(root, num_images=6, seed=1, split='val'))
+    return dict(train=make_coco_instances(root, num_images=16, split='train'),
+                val=make_coco_instances(root,
+                                        num_images=6,
+                                        seed=1,
+                                        split='val'))
 
 
 @pytest.fixture(scope='module')
 def trained_mask_rcnn(coco, tmp_path_factory):
     work = tmp_path_factory.mktemp('runs') / 'mask_rcnn'
-    cfg = small_config('mask_rcnn_convnext_t_coco', coco, work,
-                       max_iters=16, ckpt_interval=8)
+    cfg = dumped(small_det_config,
+                 'mask_rcnn_convnext_t_coco',
+                 coco,
+                 work,
+                 max_iters=16,
+                 ckpt_interval=8)
     _, out = run_tool('train.py', cfg)
     return cfg, work, out
 
@@ -52,8 +58,7 @@ def test_mask_rcnn_evaluates_with_coco_metrics(trained_mask_rcnn):
         assert 0. <= metric(out, name) <= 1.
 
 
-def test_resume_reaches_the_same_final_iteration(trained_mask_rcnn,
-                                                 tmp_path):
+def test_resume_reaches_the_same_final_iteration(trained_mask_rcnn, tmp_path):
     cfg, work, _ = trained_mask_rcnn
     # an interrupted run: only the iteration-8 checkpoint made it to disk
     interrupted = tmp_path / 'interrupted'
@@ -61,8 +66,7 @@ def test_resume_reaches_the_same_final_iteration(trained_mask_rcnn,
     shutil.copy(work / 'iter_8.pth', interrupted / 'iter_8.pth')
     (interrupted / 'last_checkpoint').write_text(
         str(interrupted / 'iter_8.pth'))
-    _, out = run_tool('train.py', cfg, '--work-dir', interrupted,
-                      '--resume')
+    _, out = run_tool('train.py', cfg, '--work-dir', interrupted, '--resume')
     assert 'resumed epoch: 0, iter: 8' in out
     final = safe_torch_load(interrupted / 'iter_16.pth')
     assert final['meta']['iter'] == 16
@@ -72,8 +76,12 @@ def test_resume_reaches_the_same_final_iteration(trained_mask_rcnn,
 
 def test_cascade_trains_and_evaluates(coco, tmp_path):
     work = tmp_path / 'cascade'
-    cfg = small_config('cascade_convnext_t_coco', coco, work, max_iters=10,
-                       ckpt_interval=10)
+    cfg = dumped(small_det_config,
+                 'cascade_convnext_t_coco',
+                 coco,
+                 work,
+                 max_iters=10,
+                 ckpt_interval=10)
     _, out = run_tool('train.py', cfg)
     assert 'layer_wise, decay_rate 0.7' in out
     assert 'SyncBN norm configs use BN' in out
@@ -89,16 +97,18 @@ def _predictions(path):
         return pickle.load(f)
 
 
-def test_tta_single_view_equals_plain_test(trained_mask_rcnn, coco,
-                                          tmp_path):
+def test_tta_single_view_equals_plain_test(trained_mask_rcnn, coco, tmp_path):
     cfg, work, _ = trained_mask_rcnn
     ckpt = work / 'iter_16.pth'
     run_tool('test.py', cfg, ckpt, '--out', tmp_path / 'plain.pkl')
-    single = small_config('mask_rcnn_convnext_t_coco', coco,
-                          tmp_path / 'single', tta_single_view=True)
+    single = dumped(small_det_config,
+                    'mask_rcnn_convnext_t_coco',
+                    coco,
+                    tmp_path / 'single',
+                    tta_single_view=True)
     run_tool('test.py', single, ckpt, '--tta', '--out', tmp_path / 'tta.pkl')
-    plain, tta = _predictions(tmp_path / 'plain.pkl'), _predictions(
-        tmp_path / 'tta.pkl')
+    plain, tta = _predictions(tmp_path / 'plain.pkl'), _predictions(tmp_path /
+                                                                    'tta.pkl')
     assert len(plain) == len(tta) == 6
     detections = 0
     for p, t in zip(plain, tta):
@@ -113,8 +123,8 @@ def test_tta_single_view_equals_plain_test(trained_mask_rcnn, coco,
 def test_tta_multi_scale_flip_gives_coco_results_with_masks(
         trained_mask_rcnn, tmp_path):
     cfg, work, _ = trained_mask_rcnn
-    _, out = run_tool('test.py', cfg, work / 'iter_16.pth', '--tta',
-                      '--out', tmp_path / 'tta.pkl')
+    _, out = run_tool('test.py', cfg, work / 'iter_16.pth', '--tta', '--out',
+                      tmp_path / 'tta.pkl')
     assert 0. <= metric(out, 'coco/segm_mAP') <= 1.
     results = _predictions(tmp_path / 'tta.pkl')
     pred = results[0]['pred_instances']
@@ -125,15 +135,24 @@ def test_tta_multi_scale_flip_gives_coco_results_with_masks(
 
 def test_two_process_distributed_training(coco, tmp_path):
     work = tmp_path / 'dist'
-    cfg = small_config('mask_rcnn_convnext_t_coco', coco, work, max_iters=3,
-                       ckpt_interval=3)
+    cfg = dumped(small_det_config,
+                 'mask_rcnn_convnext_t_coco',
+                 coco,
+                 work,
+                 max_iters=3,
+                 ckpt_interval=3)
     env_cmd = ['bash', str(ROOT / 'tools' / 'dist_train.sh'), str(cfg), '2']
-    res = subprocess.run(env_cmd, capture_output=True, text=True, cwd=ROOT,
+    res = subprocess.run(env_cmd,
+                         capture_output=True,
+                         text=True,
+                         cwd=ROOT,
                          timeout=600,
-                         env={**__import__('os').environ, 'PORT': '29517',
-                              'PYTHON': sys.executable,
-                              'OMP_NUM_THREADS': '1',
-                              'PYTHONWARNINGS': 'ignore'})
+                         env={
+                             **__import__('os').environ, 'PORT': '29517',
+                             'PYTHON': sys.executable,
+                             'OMP_NUM_THREADS': '1',
+                             'PYTHONWARNINGS': 'ignore'
+                         })
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert 'distributed training over gloo' in out
@@ -145,8 +164,11 @@ def test_two_process_distributed_training(coco, tmp_path):
 
 
 def test_missing_dataset_fails_before_training(coco, tmp_path):
-    cfg = small_config('mask_rcnn_convnext_t_coco', coco, tmp_path / 'w')
-    code, out = run_tool('train.py', cfg, '--cfg-options',
+    cfg = dumped(small_det_config, 'mask_rcnn_convnext_t_coco', coco,
+                 tmp_path / 'w')
+    code, out = run_tool('train.py',
+                         cfg,
+                         '--cfg-options',
                          'train_dataloader.dataset.data_root=/nowhere/coco/',
                          check=False)
     assert code != 0
@@ -157,8 +179,11 @@ def test_missing_dataset_fails_before_training(coco, tmp_path):
 
 def test_checkpoint_of_another_arch_is_refused(trained_mask_rcnn):
     cfg, work, _ = trained_mask_rcnn
-    code, out = run_tool('test.py', cfg, work / 'iter_16.pth',
-                         '--cfg-options', 'model.backbone.arch=femto',
+    code, out = run_tool('test.py',
+                         cfg,
+                         work / 'iter_16.pth',
+                         '--cfg-options',
+                         'model.backbone.arch=femto',
                          'model.neck.in_channels=[48,96,192,384]',
                          check=False)
     assert code != 0
@@ -168,9 +193,15 @@ def test_checkpoint_of_another_arch_is_refused(trained_mask_rcnn):
 
 def test_unknown_config_key_is_refused(trained_mask_rcnn):
     cfg, _, _ = trained_mask_rcnn
-    code, out = run_tool('train.py', cfg, '--cfg-options',
-                         'train_dataloder.batch_size=4', check=False)
+    code, out = run_tool('train.py',
+                         cfg,
+                         '--cfg-options',
+                         'train_dataloder.batch_size=4',
+                         check=False)
     assert code != 0 and "did you mean train_dataloader" in out
-    code, out = run_tool('train.py', cfg, '--cfg-options',
-                         'model.backbone.drop_path_rat=0.2', check=False)
+    code, out = run_tool('train.py',
+                         cfg,
+                         '--cfg-options',
+                         'model.backbone.drop_path_rat=0.2',
+                         check=False)
     assert code != 0 and 'did you mean drop_path_rate' in out

@@ -11,8 +11,8 @@ import torch
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic import make_ade20k
-from seg_utils import small_seg_config
-from tool_utils import ROOT, metric, run_tool, train_losses
+from convnext_mm.synthetic.small_configs import small_seg_config
+from tool_utils import dumped, metric, run_tool, train_losses
 
 LEAF = 'upernet_convnext_t_ade20k'
 
@@ -25,7 +25,12 @@ def ade(tmp_path_factory):
 @pytest.fixture(scope='module')
 def trained_upernet(ade, tmp_path_factory):
     work = tmp_path_factory.mktemp('runs') / 'upernet'
-    cfg = small_seg_config(LEAF, ade, work, max_iters=20, ckpt_interval=10)
+    cfg = dumped(small_seg_config,
+                 LEAF,
+                 ade,
+                 work,
+                 max_iters=20,
+                 ckpt_interval=10)
     _, out = run_tool('train.py', cfg)
     return cfg, work, out
 
@@ -54,20 +59,35 @@ def test_single_and_multi_scale_miou(trained_upernet):
 def test_mim_train_and_test(ade, tmp_path):
     mim = str(Path(sys.executable).parent / 'mim')
     work = tmp_path / 'mim'
-    cfg = small_seg_config(LEAF, ade, work, max_iters=4, ckpt_interval=4)
+    cfg = dumped(small_seg_config,
+                 LEAF,
+                 ade,
+                 work,
+                 max_iters=4,
+                 ckpt_interval=4)
     import subprocess
     # mmengine's AmpOptimWrapper needs CUDA; tools/train.py switches it off
     # by itself, mmseg's own train script (which mim runs) does not
-    res = subprocess.run(
-        [mim, 'train', 'mmseg', str(cfg), '--work-dir', str(work),
-         '--cfg-options', 'optim_wrapper.type=OptimWrapper'],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    res = subprocess.run([
+        mim, 'train', 'mmseg',
+        str(cfg), '--work-dir',
+        str(work), '--cfg-options', 'optim_wrapper.type=OptimWrapper'
+    ],
+                         capture_output=True,
+                         text=True,
+                         cwd=tmp_path,
+                         timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert (work / 'iter_4.pth').is_file()
-    res = subprocess.run(
-        [mim, 'test', 'mmseg', str(cfg), '--checkpoint',
-         str(work / 'iter_4.pth')],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    res = subprocess.run([
+        mim, 'test', 'mmseg',
+        str(cfg), '--checkpoint',
+        str(work / 'iter_4.pth')
+    ],
+                         capture_output=True,
+                         text=True,
+                         cwd=tmp_path,
+                         timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert 0. <= metric(out, 'mIoU') <= 100.
@@ -84,8 +104,10 @@ def _label(root, split='validation'):
 
 
 def test_missing_data_root(ade, tmp_path):
-    cfg = small_seg_config(LEAF, ade, tmp_path / 'w')
-    code, out = run_tool('train.py', cfg, '--cfg-options',
+    cfg = dumped(small_seg_config, LEAF, ade, tmp_path / 'w')
+    code, out = run_tool('train.py',
+                         cfg,
+                         '--cfg-options',
                          'train_dataloader.dataset.data_root=/no/ade/',
                          check=False)
     assert code != 0 and '/no/ade/ does not exist' in out
@@ -96,7 +118,7 @@ def test_label_map_of_wrong_size(ade, tmp_path):
     data, root = _copy_data(ade, tmp_path)
     label = _label(root, 'training')
     cv2.imwrite(str(label), np.ones((100, 90), np.uint8))
-    cfg = small_seg_config(LEAF, data, tmp_path / 'w')
+    cfg = dumped(small_seg_config, LEAF, data, tmp_path / 'w')
     code, out = run_tool('train.py', cfg, check=False)
     assert code != 0
     assert f'label map {label} is 90x100 but its image' in out
@@ -107,17 +129,19 @@ def test_label_map_of_wrong_dtype(ade, tmp_path):
     data, root = _copy_data(ade, tmp_path)
     label = _label(root)
     cv2.imwrite(str(label), np.ones((128, 128), np.uint16) * 300)
-    cfg = small_seg_config(LEAF, data, tmp_path / 'w')
-    code, out = run_tool('test.py', cfg, tmp_path / 'unused.pth',
-                         check=False)
+    cfg = dumped(small_seg_config, LEAF, data, tmp_path / 'w')
+    code, out = run_tool('test.py', cfg, tmp_path / 'unused.pth', check=False)
     assert code != 0
     assert "has PIL mode 'I;16'" in out and 'single-channel 8-bit' in out
 
 
 def test_checkpoint_of_another_arch(trained_upernet):
     cfg, work, _ = trained_upernet
-    code, out = run_tool('test.py', cfg, work / 'iter_20.pth',
-                         '--cfg-options', 'model.backbone.arch=femto',
+    code, out = run_tool('test.py',
+                         cfg,
+                         work / 'iter_20.pth',
+                         '--cfg-options',
+                         'model.backbone.arch=femto',
                          'model.decode_head.in_channels=[48,96,192,384]',
                          'model.auxiliary_head.in_channels=192',
                          check=False)

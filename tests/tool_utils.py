@@ -9,50 +9,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def shrink_sizes(node, factor):
-    """Scale every resize scale and crop size in a pipeline config."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key in ('scale', 'crop_size') and isinstance(
-                    value, (tuple, list)):
-                value = tuple(int(v * factor) for v in value)
-            elif key in ('scale', 'crop_size') and isinstance(value, int):
-                value = int(value * factor)
-            elif key == 'scales':
-                value = [tuple(int(v * factor) for v in s) for s in value]
-            out[key] = shrink_sizes(value, factor)
-        return out
-    if isinstance(node, list):
-        return [shrink_sizes(v, factor) for v in node]
-    return node
-
-
-def short_schedule(cfg, work_dir, max_iters, ckpt_interval, lr):
-    """A few iterations with checkpoints, a short warm-up and per-iteration
-    logs, in place of a config's full schedule."""
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
-                         val_interval=10**6)
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-             end=3)
-    ]
-    cfg.optim_wrapper.optimizer.lr = lr
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                        interval=ckpt_interval,
-                                        by_epoch=False)
-    cfg.default_hooks.logger.interval = 1
-    cfg.log_processor = dict(by_epoch=False)
-    cfg.randomness = dict(seed=0)
-    cfg.work_dir = str(work_dir)
+def dumped(builder, leaf, data, work_dir, **kwargs):
+    """A small config from ``convnext_mm.synthetic.small_configs``, written
+    to disk for the tools; returns its path."""
+    from convnext_mm.synthetic.small_configs import dump_config
+    return dump_config(builder(leaf, data, work_dir, **kwargs), work_dir, leaf)
 
 
 def run_tool(tool, *args, check=True, timeout=600):
     """Run ``tools/<tool>.py`` like a user does; return the output text."""
     env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='2')
-    res = subprocess.run([sys.executable, str(ROOT / 'tools' / tool)] +
-                         [str(a) for a in args], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / tool)] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout)
     out = res.stdout + res.stderr
     if check:
         assert res.returncode == 0, out[-4000:]

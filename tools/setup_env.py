@@ -154,7 +154,8 @@ def mmcv_build_key(p):
     info = probe(
         'import os, shutil, sys, torch; '
         'cuda_ops = torch.cuda.is_available() and '
-        '(shutil.which("nvcc") is not None or bool(os.environ.get("CUDA_HOME")));'
+        '(shutil.which("nvcc") is not None '
+        'or bool(os.environ.get("CUDA_HOME")));'
         'print(torch.__version__, torch.version.cuda or "none", '
         '"cuda" if cuda_ops else "cpu", '
         '"%d%d" % sys.version_info[:2])')
@@ -228,7 +229,8 @@ CHECK = '''
 import torch, torchvision, mmcv, mmengine, mmdet, mmseg, mmpretrain
 from mmcv.ops import nms
 import convnext_mm
-print(f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}), "
+print(f"torch {torch.__version__} "
+      f"(CUDA available: {torch.cuda.is_available()}), "
       f"torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
       f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
       f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}")

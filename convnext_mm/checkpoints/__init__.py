@@ -1,4 +1,4 @@
-"""Checkpoints: safe loading on torch >= 2.6 and every common ConvNeXt layout."""
+"""Checkpoints: safe loading on torch >= 2.6, every common ConvNeXt layout."""
 from .layouts import (LAYOUT_DESCRIPTIONS, detect_layout, infer_arch,
                       to_convnext_mm)
 from .pretrained import load_pretrained, read_checkpoint

@@ -1,4 +1,4 @@
-"""Load any common ConvNeXt checkpoint into our backbone, with a short report."""
+"""Load any common ConvNeXt checkpoint into our backbone, and report."""
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional
 

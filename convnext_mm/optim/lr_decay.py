@@ -8,10 +8,11 @@ Use it in any mmdet, mmseg or mmpretrain config::
         paramwise_cfg=dict(decay_rate=0.7, decay_type='layer_wise',
                            num_layers=6))
 
-The name differs from mmdet's and mmseg's ``LearningRateDecayOptimizerConstructor``
-so that both can live in one process. A parameter group's learning rate is
-``lr * decay_rate ** (num_layers + 2 - layer_id - 1)``; frozen parameters are
-skipped; 1-d parameters and biases get no weight decay.
+The name differs from mmdet's and mmseg's
+``LearningRateDecayOptimizerConstructor`` so that both can live in one
+process. A parameter group's learning rate is
+``lr * decay_rate ** (num_layers + 2 - layer_id - 1)``; frozen parameters
+are skipped; 1-d parameters and biases get no weight decay.
 """
 from typing import List
 
@@ -103,7 +104,8 @@ class ConvNeXtLRDecayConstructor(DefaultOptimWrapperConstructor):
                 continue
             decays = param.ndim > 1 and not name.endswith('.bias')
             layer_id = id_of(name, num_layers)
-            group_name = f'layer_{layer_id}_{"decay" if decays else "no_decay"}'
+            kind = 'decay' if decays else 'no_decay'
+            group_name = f'layer_{layer_id}_{kind}'
             if group_name not in groups:
                 scale = decay_rate**(total - layer_id - 1)
                 groups[group_name] = dict(
