@@ -106,8 +106,9 @@ def summary(det, seg, timings):
         'multi-scale + flip |', '|---|---|---|---|'
     ]
     for name, key, before, after, tta, scale in rows:
-        lines.append(f'| {name} | {before.get(key, 0.) * scale:.1f} | '
-                     f'{after[key] * scale:.1f} | {tta[key] * scale:.1f} |')
+        # mmdet reports no metrics when a model keeps no box at all: AP 0
+        cells = [f'{m.get(key, 0.) * scale:.1f}' for m in (before, after, tta)]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     lines.append('')
     lines.append(f'Training time: Mask R-CNN {timings[0]:.0f} s, UperNet '
                  f'{timings[1]:.0f} s; the whole demo {timings[2]:.0f} s, on '
