@@ -195,14 +195,14 @@ def _replace_type(node, old: str, new: str) -> int:
     return count
 
 
-def adapt_to_device(cfg: Config) -> List[str]:
+def adapt_to_device(cfg: Config) -> None:
     """On a machine without CUDA, turn GPU-only settings into CPU ones.
 
     Mixed precision (``AmpOptimWrapper``) needs CUDA; SyncBN cannot sync CPU
     tensors across processes. Both are replaced, and each change is logged.
     """
     if torch.cuda.is_available():
-        return []
+        return
     notes = []
     wrapper = cfg.get('optim_wrapper')
     if wrapper is not None and wrapper.get('type') == 'AmpOptimWrapper':
@@ -230,7 +230,6 @@ def adapt_to_device(cfg: Config) -> List[str]:
         notes.append('no CUDA: distributed training over gloo on the CPU')
     for note in notes:
         print_log(note, logger='current', level=30)
-    return notes
 
 
 def build_runner(cfg: Config):
@@ -265,7 +264,7 @@ def check_checkpoint_fits(model, checkpoint: str) -> None:
     """
     from .checkpoints import read_checkpoint
     from .checkpoints.layouts import to_convnext_mm, unwrap
-    from .checkpoints.pretrained import check_compatible
+    from .checkpoints.pretrained import check_compatible, shape_mismatches
     from .models import ConvNeXt
     while hasattr(model, 'module'):  # DDP and TTA wrappers
         model = model.module
@@ -277,10 +276,7 @@ def check_checkpoint_fits(model, checkpoint: str) -> None:
         converted, _, _ = to_convnext_mm(backbone_state)
         check_compatible(backbone, converted, checkpoint)
     own = model.state_dict()
-    wrong = [
-        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-        for k, v in state.items() if k in own and own[k].shape != v.shape
-    ]
+    wrong = shape_mismatches(own, state)
     if wrong:
         raise ValueError(f'{checkpoint} does not fit the model of this '
                          f'config ({len(wrong)} shape mismatches): ' +

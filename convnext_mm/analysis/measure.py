@@ -28,14 +28,14 @@ def default_shape(cfg, task) -> Tuple[int, int]:
     return (size, size)
 
 
-def build_model(cfg, task, weights=False):
-    """The config's model; pretrained weights are loaded only if asked."""
+def build_model(cfg, task):
+    """The config's model in eval mode, with no pretrained checkpoint named
+    (nothing is downloaded; counting and timing need no trained weights)."""
     from mmengine.registry import init_default_scope
     init_default_scope(task)
     registry = __import__(f'{task}.registry', fromlist=['MODELS']).MODELS
-    if not weights:
-        cfg.model.backbone.pop('init_cfg', None)
-        cfg.model.pop('pretrained', None)
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.model.pop('pretrained', None)
     return registry.build(cfg.model).eval()
 
 

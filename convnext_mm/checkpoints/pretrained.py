@@ -40,6 +40,15 @@ def _describe(depths, channels) -> str:
     return f"arch '{name}' ({spec})" if name else f'a custom arch ({spec})'
 
 
+def shape_mismatches(own: Dict, state: Dict) -> List[str]:
+    """'key: checkpoint (shape) vs model (shape)' for every shared key whose
+    shapes differ."""
+    return [
+        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+
+
 def check_compatible(model, state, source: str) -> None:
     """Raise a ValueError naming the mismatch and the arch that would fit."""
     depths, channels = infer_arch(state)
@@ -61,11 +70,7 @@ def check_compatible(model, state, source: str) -> None:
             f'checkpoint but the model is built with use_grn={model.use_grn}:'
             + (' set use_grn=True, layer_scale_init_value=0.'
                if has_grn else ' set use_grn=False'))
-    own = model.state_dict()
-    wrong = [
-        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-        for k, v in state.items() if k in own and own[k].shape != v.shape
-    ]
+    wrong = shape_mismatches(model.state_dict(), state)
     if wrong:
         raise ValueError(f'{source} does not fit the model: ' +
                          '; '.join(wrong[:5]))
