@@ -54,9 +54,21 @@ def check_options(cfg: Config, options: Optional[dict]) -> None:
 
 def load_config(path: str, options: Optional[dict] = None) -> Config:
     """Read a config, merge ``--cfg-options`` after checking them."""
+    if osp.isdir(path):
+        raise ConfigError(f'config {path} is a directory; give a config '
+                          'file, e.g. configs/mask_rcnn_convnext_t_coco.py')
     if not osp.isfile(path):
         raise ConfigError(f'config file {path} does not exist')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as err:  # noqa: BLE001  whatever the parser raised
+        detail = ' '.join(str(err).split())[:300]
+        if isinstance(err, SyntaxError):
+            detail = f'line {err.lineno}: {err.msg}'
+        raise ConfigError(
+            f'config {path} cannot be read ({type(err).__name__}: {detail}); '
+            'a config is a Python (or YAML/JSON) file of mmengine '
+            'settings') from None
     check_options(cfg, options)
     if options:
         cfg.merge_from_dict(options)
@@ -262,7 +274,7 @@ def check_checkpoint_fits(model, checkpoint: str) -> None:
     left at their init; here a ConvNeXt backbone of another arch is named,
     and any other mismatch listed, before a run starts.
     """
-    from .checkpoints import read_checkpoint
+    from .checkpoints import check_weights, read_checkpoint
     from .checkpoints.layouts import to_convnext_mm, unwrap
     from .checkpoints.pretrained import check_compatible, shape_mismatches
     from .models import ConvNeXt
@@ -276,6 +288,7 @@ def check_checkpoint_fits(model, checkpoint: str) -> None:
         converted, _, _ = to_convnext_mm(backbone_state)
         check_compatible(backbone, converted, checkpoint)
     own = model.state_dict()
+    check_weights(state, checkpoint, model_state=own)
     wrong = shape_mismatches(own, state)
     if wrong:
         raise ValueError(f'{checkpoint} does not fit the model of this '
@@ -300,30 +313,93 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def _meta_build(cfg_model):
+    """Build the model without allocating its weights (shapes only)."""
+    from mmengine.registry import MODELS
+    try:
+        with torch.device('meta'):
+            return MODELS.build(cfg_model)
+    except (RuntimeError, NotImplementedError):
+        # a constructor that computes on its tensors: build it for real
+        return MODELS.build(cfg_model)
+
+
+def check_backbone_args(cfg: Config) -> None:
+    """Name an unknown backbone argument and its nearest valid ones."""
+    import inspect
+
+    from mmengine.registry import MODELS
+    backbone = (cfg.get('model') or {}).get('backbone')
+    if not isinstance(backbone, dict) or 'type' not in backbone:
+        return
+    cls = MODELS.get(backbone['type']) if isinstance(
+        backbone['type'], str) else backbone['type']
+    if cls is None:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k in params if k != 'self']
+    for key in backbone:
+        if key != 'type' and key not in valid:
+            close = difflib.get_close_matches(key, valid, n=2, cutoff=0.5)
+            hint = f'did you mean {" or ".join(close)}? ' if close else ''
+            raise ConfigError(
+                f'model.backbone: {cls.__name__} has no argument {key!r}; '
+                f'{hint}valid: {", ".join(valid)}')
+
+
+def check_model(cfg: Config, training: bool):
+    """Build the config's model (shapes only) and check what depends on it,
+    before the runner starts: backbone arguments, the LR-decay
+    ``paramwise_cfg``, and the pretrained checkpoint a training run loads.
+    Returns the model."""
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope'))
+    check_backbone_args(cfg)
+    try:
+        model = _meta_build(cfg.model)
+    except (ValueError, TypeError, KeyError, AssertionError) as err:
+        raise ConfigError(f'model: {err}') from None
+    while hasattr(model, 'module'):  # TTA wrappers
+        model = model.module
+    wrapper = cfg.get('optim_wrapper') or {}
+    if training and wrapper.get('constructor') == \
+            'ConvNeXtLRDecayConstructor':
+        from .optim.lr_decay import check_paramwise_cfg
+        check_paramwise_cfg(wrapper.get('paramwise_cfg') or {}, model)
+    backbone = getattr(model, 'backbone', None)
+    init = getattr(backbone, 'init_cfg', None)
+    if training and not cfg.get('load_from') and not cfg.get('resume') and \
+            isinstance(init, dict) and init.get('type') == 'Pretrained':
+        from .checkpoints import check_pretrained
+        check_pretrained(backbone, init['checkpoint'], init.get('prefix'))
+    return model
+
+
 def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
                                                               List[str]],
-                   adjust: Callable[[Config], None] = lambda cfg: None):
+                   adjust: Callable[[Config], None] = lambda cfg: None,
+                   training: bool = False):
     """Load, check and adapt the config of ``args``, then build its runner.
 
     ``adjust`` applies the tool's own options to the config; ``splits``
-    names the dataloaders whose data must exist. Bad input ends the process
-    with one ``error: ...`` line, before any long work.
+    names the dataloaders whose data must exist. Bad input (the config, its
+    model, data, checkpoints) ends the process with one ``error: ...`` line
+    and exit code 2 before the runner starts.
     """
+    from .errors import user_errors
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    try:
+    with user_errors():
         cfg = load_config(args.config, args.cfg_options)
         adjust(cfg)
         cfg.launcher = args.launcher
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
             'work_dirs', osp.splitext(osp.basename(args.config))[0])
         check_data(cfg, splits(cfg))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        sys.exit(f'error: {err}')
+        model = check_model(cfg, training)
+        if cfg.get('load_from'):
+            check_checkpoint_fits(model, cfg.load_from)
+        del model
     adapt_to_device(cfg)
-    runner = build_runner(cfg)
-    if cfg.get('load_from'):
-        try:
-            check_checkpoint_fits(runner.model, cfg.load_from)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f'error: {err}')
-    return runner
+    return build_runner(cfg)

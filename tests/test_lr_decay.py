@@ -148,7 +148,38 @@ def test_log_has_one_line_per_group():
     (dict(decay_type='layer_wise'), 'needs paramwise_cfg.decay_rate'),
     (dict(decay_rate=0.9, decay_type='block_wise'),
      "decay_type='block_wise'; valid: layer_wise, stage_wise"),
+    (dict(decay_rate=-0.7), r'decay_rate=-0.7: it must be a number in'),
+    (dict(decay_rate=0.), r'decay_rate=0.0: it must be a number in'),
+    (dict(decay_rate=1.5), r'decay_rate=1.5: it must be a number in'),
+    (dict(decay_rate=0.7, num_layers=0), r'num_layers=0 is too small.*'
+     r'num_layers >= 6'),
+    (dict(decay_rate=0.7, num_layers=3), r'num_layers=3 is too small'),
+    (dict(decay_rate=0.7, decay_type='stage_wise', num_layers=3),
+     r'num_layers >= 4'),
 ])
 def test_bad_paramwise_cfg(cfg, message):
     with pytest.raises(ValueError, match=message):
-        lr_and_wd(upernet('atto'), 'ConvNeXtLRDecayConstructor', cfg)
+        lr_and_wd(upernet('tiny'), 'ConvNeXtLRDecayConstructor', cfg)
+
+
+def test_num_layers_must_cover_the_deepest_block():
+    # depth 27 needs 12: with 11, stage-2 blocks 24-26 would outrank the head
+    with pytest.raises(ValueError, match='num_layers >= 12'):
+        lr_and_wd(upernet('small'), 'ConvNeXtLRDecayConstructor',
+                  dict(decay_rate=0.9, num_layers=11))
+    ours, _ = lr_and_wd(upernet('small'), 'ConvNeXtLRDecayConstructor',
+                        dict(decay_rate=0.9), lr=1.)
+    assert max(lr for lr, _ in ours.values()) == 1.
+
+
+def test_non_convnext_backbone_names_the_constructor_to_use():
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    vit = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='VisionTransformer', arch='b', img_size=32,
+                      patch_size=16),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=768)))
+    with pytest.raises(ValueError, match='VisionTransformer.*'
+                       'LearningRateDecayOptimWrapperConstructor'):
+        lr_and_wd(vit, 'ConvNeXtLRDecayConstructor', dict(decay_rate=0.9))

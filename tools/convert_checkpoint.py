@@ -11,10 +11,15 @@ mmpretrain/mmcls, timm or torchvision checkpoint. DST holds
 conversion (init_cfg recognises every layout); converting once saves work
 when the same weights are loaded many times, or strips a large file down to
 its backbone.
+
+SRC is read as untrusted input (see convnext_mm.checkpoints.safe_load) and
+its weights are checked (no NaN/Inf, integer or meta tensors) before DST is
+written; DST appears only when complete.
 """
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,12 +27,50 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
-                                     infer_arch, read_checkpoint,
-                                     to_convnext_mm)
+                                     check_weights, infer_arch,
+                                     read_checkpoint, to_convnext_mm)
+from convnext_mm.errors import user_errors  # noqa: E402
 from convnext_mm.models import find_arch  # noqa: E402
 
 
-def main():
+def convert(src: str, dst: Path, force: bool = False) -> None:
+    if dst.is_dir():
+        raise IsADirectoryError(f'{dst} is a directory; give the output '
+                                f'file path, e.g. {dst}/converted.pth')
+    if dst.exists() and not force:
+        raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
+    try:
+        state, dropped, layout = to_convnext_mm(read_checkpoint(src))
+    except ValueError as err:
+        raise ValueError(f'{src}: {err}') from None
+    check_weights(state, src)
+    depths, channels = infer_arch(state)
+    arch = find_arch(depths, channels) or \
+        f'custom (depths {list(depths)}, channels {list(channels)})'
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + '.',
+                               suffix='.partial')
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            torch.save(
+                dict(
+                    state_dict={f'backbone.{k}': v
+                                for k, v in state.items()},
+                    meta=dict(
+                        source=str(src),
+                        source_layout=layout,
+                        arch=arch,
+                        use_grn=any('.grn.' in k for k in state))), out)
+        os.replace(tmp, dst)  # a crash never leaves a half-written DST
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f'{src}: {LAYOUT_DESCRIPTIONS[layout]}, ConvNeXt arch {arch}')
+    print(f'wrote {len(state)} backbone tensors to {dst}; left out '
+          f'{len(dropped)} others (heads, necks)')
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,32 +78,9 @@ def main():
     parser.add_argument('dst', help='output .pth path')
     parser.add_argument('--force', action='store_true',
                         help='overwrite DST if it exists')
-    args = parser.parse_args()
-    dst = Path(args.dst)
-    if dst.exists() and not args.force:
-        sys.exit(f'error: {dst} exists; pass --force to overwrite it')
-    try:
-        state, dropped, layout = to_convnext_mm(read_checkpoint(args.src))
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f'error: {args.src}: {err}')
-    depths, channels = infer_arch(state)
-    arch = find_arch(depths, channels) or \
-        f'custom (depths {list(depths)}, channels {list(channels)})'
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + '.partial')
-    torch.save(
-        dict(
-            state_dict={f'backbone.{k}': v
-                        for k, v in state.items()},
-            meta=dict(
-                source=str(args.src),
-                source_layout=layout,
-                arch=arch,
-                use_grn=any('.grn.' in k for k in state))), tmp)
-    os.replace(tmp, dst)  # a crash never leaves a half-written DST
-    print(f'{args.src}: {LAYOUT_DESCRIPTIONS[layout]}, ConvNeXt arch {arch}')
-    print(f'wrote {len(state)} backbone tensors to {dst}; left out '
-          f'{len(dropped)} others (heads, necks)')
+    args = parser.parse_args(argv)
+    with user_errors():
+        convert(args.src, Path(args.dst), args.force)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convnext_mm import launch  # noqa: E402
+from convnext_mm.errors import checkpoint_errors  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,7 +42,8 @@ def main(argv=None):
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(
             DumpResults(out_file_path=args.out))
-    runner.test()
+    with checkpoint_errors():
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -5,9 +5,11 @@
                           [--amp] [--cfg-options KEY=VALUE ...]
 
 The config's ``default_scope`` (mmdet, mmseg or mmpretrain, set by the base
-configs it inherits) picks the library. Dataset paths, ``--cfg-options`` keys
-and ``load_from`` checkpoints are checked before the run starts. Without
-CUDA, mixed precision and SyncBN are switched off (and logged).
+configs it inherits) picks the library. Dataset paths, ``--cfg-options`` keys,
+the model and its LR-decay settings, and ``load_from`` or pretrained
+checkpoints are checked before the run starts; bad input ends it with one
+``error:`` line (exit code 2). Without CUDA, mixed precision and SyncBN are
+switched off (and logged).
 """
 import argparse
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from convnext_mm import launch  # noqa: E402
+from convnext_mm.errors import checkpoint_errors  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,7 +50,9 @@ def main(argv=None):
     def splits(cfg):
         return ['train'] + (['val'] if cfg.get('val_cfg') else [])
 
-    launch.prepare_runner(args, splits, adjust).train()
+    runner = launch.prepare_runner(args, splits, adjust, training=True)
+    with checkpoint_errors():
+        runner.train()
 
 
 if __name__ == '__main__':

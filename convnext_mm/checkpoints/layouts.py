@@ -29,20 +29,33 @@ LAYOUT_DESCRIPTIONS = {
 
 def unwrap(checkpoint) -> StateDict:
     """Return the tensor dict inside a checkpoint object."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(
-            'expected a checkpoint dict of tensors, or one wrapped under '
-            f'{"/".join(_CONTAINERS)}; got a {type(checkpoint).__name__}')
-    for key in _CONTAINERS:
-        if isinstance(checkpoint.get(key), dict):
-            return unwrap(checkpoint[key])
+    seen = set()
+    while True:
+        if not isinstance(checkpoint, dict):
+            raise ValueError(
+                'expected a checkpoint dict of tensors, or one wrapped under '
+                f'{"/".join(_CONTAINERS)}; got a {type(checkpoint).__name__}')
+        if id(checkpoint) in seen:
+            raise ValueError('the checkpoint nests its state dict inside '
+                             'itself; it is not a model checkpoint')
+        seen.add(id(checkpoint))
+        inner = next((checkpoint[k] for k in _CONTAINERS
+                      if isinstance(checkpoint.get(k), dict)), None)
+        if inner is None:
+            break
+        checkpoint = inner
     state = OrderedDict(
         (k, v) for k, v in checkpoint.items() if isinstance(v, torch.Tensor))
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise ValueError(
+            f'the state dict has a tensor under the {type(odd[0]).__name__} '
+            f'key {odd[0]!r}; state dict keys are parameter names (strings)')
     if not state:
         raise ValueError(
             'the checkpoint holds no tensors (top-level keys: '
-            f'{sorted(checkpoint)[:10]}); expected a state dict, or one under'
-            f' {"/".join(_CONTAINERS)}')
+            f'{sorted(map(str, checkpoint))[:10]}); expected a state dict, '
+            f'or one under {"/".join(_CONTAINERS)}')
     return state
 
 

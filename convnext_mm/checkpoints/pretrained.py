@@ -4,20 +4,15 @@ from typing import Dict, Iterable, List, Optional
 
 from mmengine.logging import print_log
 
+from .checks import check_weights
 from .layouts import LAYOUT_DESCRIPTIONS, infer_arch, to_convnext_mm
 
 
 def read_checkpoint(checkpoint: str, map_location='cpu'):
     """Read a local path or URL through mmengine's (safe) loaders."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    try:
-        return CheckpointLoader.load_checkpoint(
-            str(checkpoint), map_location=map_location, logger='silent')
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f'ConvNeXt pretrained checkpoint not found: {checkpoint}. Set '
-            "init_cfg=dict(type='Pretrained', checkpoint=...) to a local "
-            '.pth file or an http(s) URL') from err
+    return CheckpointLoader.load_checkpoint(
+        str(checkpoint), map_location=map_location, logger='silent')
 
 
 def _summarise(names: Iterable[str], limit: int = 8) -> str:
@@ -76,6 +71,32 @@ def check_compatible(model, state, source: str) -> None:
                          '; '.join(wrong[:5]))
 
 
+def _checked_state(model, checkpoint, prefix, map_location):
+    """Read, convert and check ``checkpoint`` against ``model``."""
+    source = checkpoint if isinstance(checkpoint, str) else 'the checkpoint'
+    try:
+        raw = read_checkpoint(checkpoint, map_location) if isinstance(
+            checkpoint, str) else checkpoint
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f'ConvNeXt pretrained checkpoint not found: {err}. Set '
+            "init_cfg=dict(type='Pretrained', checkpoint=...) to a local "
+            'checkpoint file or an http(s) URL') from None
+    try:
+        state, dropped, layout = to_convnext_mm(raw, prefix=prefix)
+    except ValueError as err:
+        raise ValueError(f'{source}: {err}') from err
+    check_weights(state, source)
+    check_compatible(model, state, source)
+    return state, dropped, layout, source
+
+
+def check_pretrained(model, checkpoint, prefix: Optional[str] = None) -> None:
+    """Everything :func:`load_pretrained` checks, without loading (for the
+    tools to fail before a run starts)."""
+    _checked_state(model, checkpoint, prefix, 'cpu')
+
+
 def load_pretrained(model,
                     checkpoint,
                     prefix: Optional[str] = None,
@@ -86,14 +107,8 @@ def load_pretrained(model,
     starts fresh and what was left out, and returns those lists under the
     keys ``loaded``, ``fresh``, ``left_out`` and the ``layout`` name.
     """
-    source = checkpoint if isinstance(checkpoint, str) else 'the checkpoint'
-    raw = read_checkpoint(checkpoint, map_location) if isinstance(
-        checkpoint, str) else checkpoint
-    try:
-        state, dropped, layout = to_convnext_mm(raw, prefix=prefix)
-    except ValueError as err:
-        raise ValueError(f'{source}: {err}') from err
-    check_compatible(model, state, source)
+    state, dropped, layout, source = _checked_state(model, checkpoint, prefix,
+                                                    map_location)
     own = model.state_dict()
     usable = OrderedDict((k, v) for k, v in state.items() if k in own)
     left_out = dropped + [k for k in state if k not in own]

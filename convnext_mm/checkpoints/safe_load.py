@@ -1,154 +1,217 @@
-"""Load mmengine checkpoints safely under torch >= 2.6.
+"""Load checkpoints as untrusted input: torch's weights-only unpickler, plus
+exactly what mmengine's own training checkpoints hold.
 
-torch >= 2.6 loads with ``weights_only=True`` by default, which refuses the
-checkpoints mmengine itself writes: their ``message_hub`` holds
-``HistoryBuffer`` objects with numpy arrays, schedulers hold a ``Counter``,
-``meta`` holds numpy scalars. Turning the check off would let a checkpoint
-run arbitrary code. Instead :func:`safe_torch_load` unpickles with torch's own
-weights-only allow-list plus exactly the types mmengine checkpoints contain,
-and :func:`install` makes mmengine's local and http(s) checkpoint loaders use
-it, so ``load_from``, ``--resume``, ``init_cfg`` and the test tools all work.
+torch >= 2.6 loads with ``weights_only=True`` by default, and that refuses the
+checkpoints mmengine writes: their ``message_hub`` holds ``HistoryBuffer``
+objects with numpy arrays and ``meta`` holds numpy scalars. Rather than turn
+the check off (a checkpoint could then run code, write files or rewrite
+classes for the rest of the process), :func:`safe_torch_load` runs torch's own
+weights-only unpickler with a handful of extra entries, each of which builds
+a value and nothing else:
+
+- numpy arrays and scalars of numeric, bool and string dtypes (no object or
+  structured dtypes, which could carry other objects);
+- ``HistoryBuffer`` through a stand-in that validates its state (numeric
+  histories, the four built-in statistics mapped to themselves) and never
+  touches the class's shared statistics table;
+- ``getattr`` for exactly ``HistoryBuffer.min/max/mean/current``, which
+  mmengine pickles as look-ups.
+
+Before unpickling, :mod:`.pickle_scan` bounds the work a file can cost
+(decompression bombs, colliding dict keys, giant pickles). Legacy (non-zip)
+files go through the same weights-only path; torch's old ``.tar`` format is
+refused. :func:`install` routes mmengine's local and http(s) checkpoint
+loading here, so ``load_from``, ``--resume``, ``init_cfg`` and the tools all
+load safely.
 """
-import _compat_pickle
-import collections
-import io
 import os
 import os.path as osp
 import pickle
-import types
+import re
+import threading
 
+import numpy as np
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
 
-# (module, name) -> what mmengine training checkpoints contain beyond
-# torch's own weights-only allow-list
-_EXTRA_GLOBALS = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('collections', 'Counter'): collections.Counter,
-    ('collections', 'defaultdict'): collections.defaultdict,
-    ('builtins', 'set'): set,
-    ('builtins', 'frozenset'): frozenset,
-    ('builtins', 'slice'): slice,
-    ('builtins', 'complex'): complex,
-}
-_LAZY_GLOBALS = {
-    # numpy 1.x and 2.x spell the array/scalar reconstructors differently
-    ('numpy.core.multiarray', '_reconstruct'),
-    ('numpy.core.multiarray', 'scalar'),
-    ('numpy._core.multiarray', '_reconstruct'),
-    ('numpy._core.multiarray', 'scalar'),
-    ('numpy', 'ndarray'),
-    ('numpy', 'dtype'),
-    ('mmengine.logging.history_buffer', 'HistoryBuffer'),
-    ('mmengine.config.config', 'ConfigDict'),
-}
-# numpy dtypes pickle as numpy.dtypes.<Name>DType classes on numpy >= 1.25
-_DTYPE_MODULES = ('numpy.dtypes', )
-# ``getattr(obj, name)`` pairs allowed: mmengine pickles the statistics
-# methods of HistoryBuffer as bound look-ups
-_GETATTR_ALLOWED = {
-    'HistoryBuffer': {'min', 'max', 'mean', 'current'},
-}
+from .pickle_scan import check_cost
+
+_STATISTICS = ('min', 'max', 'mean', 'current')
+_HISTORY_STATE = {'max_length', '_log_history', '_count_history',
+                  'statistics_methods'}
+_NUMERIC_KINDS = 'biuf'
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint asked to unpickle something outside the allow-list."""
+    """A checkpoint asked to build something outside the allow-list."""
 
 
-def _torch_safe_globals():
-    from torch import _weights_only_unpickler as wou
-    allowed = dict(wou._get_allowed_globals())
-    allowed.update(wou._get_user_allowed_globals())
-    return allowed
+class _SafeHistoryBuffer(HistoryBuffer):
+    """Unpickles as a plain ``HistoryBuffer`` after checking its state.
+
+    mmengine's own ``__setstate__`` merges the file's statistics methods into
+    the class-wide table, so one file could change what every buffer in the
+    process logs; this one accepts only the built-ins, mapped to themselves.
+    """
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict) or not set(state) <= _HISTORY_STATE:
+            found = sorted(map(str, state)) if isinstance(state, dict) \
+                else type(state).__name__
+            raise UnsafeCheckpointError(
+                'refusing to load a HistoryBuffer whose state is not '
+                f"mmengine's ({found})")
+        methods = state.get('statistics_methods', {})
+        if not isinstance(methods, dict) or any(
+                name not in _STATISTICS
+                or method is not getattr(HistoryBuffer, name)
+                for name, method in methods.items()):
+            raise UnsafeCheckpointError(
+                'refusing to load a HistoryBuffer that redefines its '
+                f'statistics methods ({methods!r}): it would change what '
+                'every HistoryBuffer in this process reports')
+        for key in ('_log_history', '_count_history'):
+            value = state.get(key)
+            if value is not None and not (
+                    isinstance(value, np.ndarray)
+                    and value.dtype.kind in _NUMERIC_KINDS):
+                raise UnsafeCheckpointError(
+                    f'refusing to load a HistoryBuffer whose {key} is not a '
+                    f'numeric array ({type(value).__name__})')
+        length = state.get('max_length', 1)
+        if type(length) is not int or length < 1:
+            raise UnsafeCheckpointError(
+                'refusing to load a HistoryBuffer with max_length '
+                f'{length!r}')
+        self.__class__ = HistoryBuffer
+        self.__dict__.update(
+            (k, v) for k, v in state.items() if k != 'statistics_methods')
+        self._set_default_statistics()
 
 
-def _guarded_getattr(obj, name):
-    owner = obj if isinstance(obj, type) else type(obj)
-    if name in _GETATTR_ALLOWED.get(owner.__name__, ()) and \
-            owner.__module__.startswith('mmengine.'):
-        return getattr(obj, name)
+def _guarded_getattr(owner, name):
+    if owner in (HistoryBuffer, _SafeHistoryBuffer) and name in _STATISTICS:
+        return getattr(HistoryBuffer, name)
     raise UnsafeCheckpointError(
-        f'checkpoint asks for getattr({owner.__qualname__}, {name!r}), which '
-        'is not on convnext_mm\'s allow-list')
+        f'refusing to load getattr({getattr(owner, "__qualname__", owner)!r}'
+        f', {name!r}): only HistoryBuffer statistics look-ups are allowed')
 
 
-class Unpickler(pickle.Unpickler):
-    """An unpickler that only builds allow-listed globals."""
-
-    _torch_allowed = None
-
-    def find_class(self, module, name):
-        # protocol 2 (torch.save's default) spells Python 2 module names;
-        # map them as pickle's own find_class does
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name),
-                                                      (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        key = (module, name)
-        if key in _EXTRA_GLOBALS:
-            return _EXTRA_GLOBALS[key]
-        if key == ('builtins', 'getattr'):
-            return _guarded_getattr
-        if key in _LAZY_GLOBALS or (module in _DTYPE_MODULES
-                                    and name.endswith('DType')):
-            return super().find_class(module, name)
-        if Unpickler._torch_allowed is None:
-            Unpickler._torch_allowed = _torch_safe_globals()
-        full = f'{module}.{name}'
-        if full in Unpickler._torch_allowed:
-            return Unpickler._torch_allowed[full]
+def _numpy_dtype(spec, align=False, copy=False):
+    dtype = np.dtype(spec, align, copy)
+    if dtype.hasobject or dtype.kind == 'V':
         raise UnsafeCheckpointError(
-            f'refusing to load {module}.{name}: the checkpoint contains an '
-            'object that is neither tensors, plain Python containers, numpy '
-            'arrays nor mmengine training state. Loading it could run '
-            'arbitrary code. If you trust the file, load it yourself with '
-            'torch.load(path, weights_only=False) and save its state dict.')
+            f'refusing to load a numpy array of dtype {dtype}: object and '
+            'structured arrays can carry arbitrary objects')
+    return dtype
 
 
-def _load(file, **kwargs):
-    return Unpickler(file, **kwargs).load()
+def _extra_globals():
+    """(object, 'module.name') pairs admitted beyond torch's own list."""
+    from numpy.core import multiarray
+    pairs = [(_SafeHistoryBuffer,
+              'mmengine.logging.history_buffer.HistoryBuffer'),
+             (_guarded_getattr, 'builtins.getattr'),
+             (_guarded_getattr, '__builtin__.getattr'),
+             (np.ndarray, 'numpy.ndarray'), (_numpy_dtype, 'numpy.dtype')]
+    # numpy 1.x and 2.x spell the array/scalar reconstructors differently
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        pairs += [(multiarray._reconstruct, f'{module}._reconstruct'),
+                  (multiarray.scalar, f'{module}.scalar')]
+    # dtypes pickle as numpy.dtypes.<Name>DType instances on numpy >= 1.25
+    for name in dir(getattr(np, 'dtypes', None)):
+        cls = getattr(np.dtypes, name)
+        if name.endswith('DType') and isinstance(cls, type) and \
+                name not in ('ObjectDType', 'VoidDType'):
+            pairs.append((cls, f'numpy.dtypes.{name}'))
+    return pairs
 
 
-def _loads(data, **kwargs):
-    return Unpickler(io.BytesIO(data), **kwargs).load()
+_EXTRA = None
+_LOCK = threading.Lock()
+_TORCH_DETAIL = re.compile(r'WeightsUnpickler error:\s*(.*)', re.S)
+_GLOBAL = re.compile(
+    r'GLOBAL (\S+) (?:was not an allowed global|whose module)')
+_RESAVE = ('If you trust the file, re-save it once: python -c "import torch; '
+           'torch.save(torch.load(\'OLD\', weights_only=False), \'NEW\')" '
+           'and load NEW')
 
 
-# the shape torch.load expects of ``pickle_module``
-pickle_module = types.ModuleType('convnext_mm_safe_pickle')
-pickle_module.Unpickler = Unpickler
-pickle_module.load = _load
-pickle_module.loads = _loads
-pickle_module.UnpicklingError = pickle.UnpicklingError
-pickle_module.__name__ = 'convnext_mm_safe_pickle'
+def _refusal(err: Exception, where: str) -> UnsafeCheckpointError:
+    """One line from torch's several-paragraph weights-only message."""
+    if isinstance(err.__context__, UnsafeCheckpointError):
+        return UnsafeCheckpointError(f'{where}: {err.__context__}')
+    text = str(err).split('\n\nCheck the documentation')[0]
+    found = _TORCH_DETAIL.search(text)
+    detail = (found.group(1) if found else text.split('\n\n')[-1]).strip()
+    name = _GLOBAL.search(detail)
+    if name:
+        detail = (f'refusing to load {name.group(1)}: the checkpoint '
+                  'contains an object that is neither tensors, plain Python '
+                  'containers, numpy arrays nor mmengine training state, and '
+                  'building it could run arbitrary code')
+    else:
+        detail = f'refusing to load it: {detail.splitlines()[0].rstrip(".")}'
+    return UnsafeCheckpointError(f'{where}: {detail}. {_RESAVE}')
 
 
 def safe_torch_load(file, map_location=None):
     """``torch.load`` that admits tensors and mmengine training state only.
 
+    Args:
+        file: A path or a seekable binary file.
+        map_location: As for ``torch.load``.
+
     Raises:
         FileNotFoundError: ``file`` is a path that does not exist.
-        UnsafeCheckpointError: the file pickles a disallowed object.
-        ValueError: the file is not a torch checkpoint at all.
+        UnsafeCheckpointError: the file asks to build a disallowed object,
+            or is in torch's legacy ``.tar`` format.
+        ValueError: the file is not a torch checkpoint at all, or loading it
+            would cost unbounded time or memory.
     """
+    global _EXTRA
+    where = 'the checkpoint'
     if isinstance(file, (str, os.PathLike)):
-        file = osp.expanduser(os.fspath(file))
+        file = where = osp.expanduser(os.fspath(file))
+        if osp.isdir(file):
+            raise IsADirectoryError(
+                f'checkpoint {file} is a directory; give the checkpoint '
+                'file inside it (e.g. a .pth file)')
         if not osp.isfile(file):
-            raise FileNotFoundError(
-                f'checkpoint {file} does not exist (or is not a file)')
+            raise FileNotFoundError(f'checkpoint {file} does not exist')
     try:
-        return torch.load(
-            file,
-            map_location=map_location,
-            weights_only=False,
-            pickle_module=pickle_module)
-    except UnsafeCheckpointError:
-        raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
-            OSError) as err:
-        if isinstance(err, pickle.UnpicklingError) and \
-                'refusing' in str(err):
+        check_cost(file, where)
+    except ValueError as err:
+        if 'malformed pickle' not in str(err):
             raise
         raise ValueError(
-            f'{file} is not a PyTorch checkpoint that torch.load can read '
-            f'({type(err).__name__}: {err})') from err
+            f'{where} is not a PyTorch checkpoint that torch.load can read '
+            f'({str(err).split(": ", 1)[-1]})') from None
+    with _LOCK:
+        if _EXTRA is None:
+            _EXTRA = _extra_globals()
+        try:
+            with torch.serialization.safe_globals(_EXTRA):
+                return torch.load(
+                    file, map_location=map_location, weights_only=True)
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f'{where}: {err}') from None
+        except pickle.UnpicklingError as err:
+            raise _refusal(err, where) from None
+        except RuntimeError as err:
+            if 'legacy .tar format' in str(err):
+                raise UnsafeCheckpointError(
+                    f'{where} is in torch\'s legacy .tar format, which can '
+                    'only be loaded by running its pickles unchecked. '
+                    f'{_RESAVE}') from None
+            raise ValueError(f'{where} is not a PyTorch checkpoint that '
+                             f'torch.load can read ({err})') from None
+        except Exception as err:  # noqa: BLE001  whatever bad bytes raise
+            if isinstance(err, (FileNotFoundError, MemoryError)):
+                raise
+            raise ValueError(
+                f'{where} is not a PyTorch checkpoint that torch.load can '
+                f'read ({type(err).__name__}: {err})') from None
 
 
 def _load_from_local(filename, map_location):
@@ -157,20 +220,10 @@ def _load_from_local(filename, map_location):
 
 def _load_from_http(filename, map_location=None, model_dir=None,
                     progress=None):
-    """Download once per machine (rank 0 first), then load safely."""
-    from mmengine.dist import barrier, get_dist_info
-    rank, world_size = get_dist_info()
-    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
-    cached = osp.join(model_dir, osp.basename(filename.split('?')[0]))
-    show = os.isatty(0) if progress is None else progress
-    if rank == 0 and not osp.isfile(cached):
-        os.makedirs(model_dir, exist_ok=True)
-        torch.hub.download_url_to_file(filename, cached, progress=show)
-    if world_size > 1:
-        barrier()
-        if rank != 0 and not osp.isfile(cached):
-            torch.hub.download_url_to_file(filename, cached, progress=show)
-    return safe_torch_load(cached, map_location=map_location)
+    from .download import cached_download
+    return safe_torch_load(
+        cached_download(filename, model_dir=model_dir, progress=progress),
+        map_location=map_location)
 
 
 def install():
@@ -180,4 +233,3 @@ def install():
         prefixes='', loader=_load_from_local, force=True)
     CheckpointLoader.register_scheme(
         prefixes=('http://', 'https://'), loader=_load_from_http, force=True)
-

@@ -255,7 +255,8 @@ class ConvNeXt(BaseModule):
         self.use_grn = use_grn
         self.gap_before_final_norm = gap_before_final_norm
 
-        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        rates = torch.linspace(
+            0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         self.downsample_layers = nn.ModuleList()
         self.stages = nn.ModuleList()
         for i, (depth, channels) in enumerate(zip(self.depths,

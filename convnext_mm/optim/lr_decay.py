@@ -58,14 +58,71 @@ def stage_wise_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
+def convnext_backbone(model: nn.Module) -> nn.Module:
+    """The model's ConvNeXt backbone (ours or mmpretrain's), or a ValueError
+    naming the constructor to use instead."""
+    backbone = getattr(model, 'backbone', None)
+    depths = getattr(backbone, 'depths', None)
+    if backbone is None or depths is None or len(depths) != 4 or not all(
+            hasattr(backbone, a) for a in ('downsample_layers', 'stages')):
+        found = type(backbone).__name__ if backbone is not None else \
+            f'no backbone ({type(model).__name__})'
+        raise ValueError(
+            'ConvNeXtLRDecayConstructor sets learning rates by ConvNeXt '
+            f'stage and block, but the model has {found}. For other '
+            "backbones use mmpretrain's "
+            "'LearningRateDecayOptimWrapperConstructor' (ViT, Swin, ...) or "
+            "mmengine's 'DefaultOptimWrapperConstructor'")
+    return backbone
+
+
+def min_num_layers(depths, decay_type: str) -> int:
+    """The smallest ``num_layers`` that keeps every backbone group's lr
+    below the head's: the deepest layer id is 3 + (depths[2] - 1) // 3
+    (layer_wise; 6 for ConvNeXt-T, 12 for depth 27) or 4 (stage_wise)."""
+    if decay_type == 'stage_wise':
+        return len(depths)
+    return 3 + (depths[2] - 1) // 3 + 1
+
+
 def default_num_layers(model: nn.Module) -> int:
     """6 for ConvNeXt-T-like depths, 12 for deeper third stages."""
-    depths = getattr(getattr(model, 'backbone', None), 'depths', None)
-    if depths is None or len(depths) < 3:
+    return 12 if convnext_backbone(model).depths[2] > 9 else 6
+
+
+def check_paramwise_cfg(cfg: dict, model: nn.Module) -> tuple:
+    """Validate ``paramwise_cfg`` against ``model``; return ``(decay_rate,
+    decay_type, num_layers)`` or raise a ValueError saying what fits."""
+    example = ("e.g. paramwise_cfg=dict(decay_rate=0.7, "
+               "decay_type='layer_wise', num_layers=6)")
+    if 'decay_rate' not in cfg:
+        raise ValueError('ConvNeXtLRDecayConstructor needs '
+                         f'paramwise_cfg.decay_rate, {example}')
+    decay_rate = cfg['decay_rate']
+    if isinstance(decay_rate, bool) or not isinstance(
+            decay_rate, (int, float)) or not 0 < decay_rate <= 1:
         raise ValueError(
-            'paramwise_cfg needs num_layers (6 for ConvNeXt-T, 12 for S/B/L/'
-            'XL): it cannot be read off a model without a ConvNeXt backbone')
-    return 12 if depths[2] > 9 else 6
+            f'paramwise_cfg.decay_rate={decay_rate!r}: it must be a number '
+            'in (0, 1] (the released configs use 0.7 to 0.9; 1 disables '
+            'the decay)')
+    decay_type = cfg.get('decay_type', 'layer_wise')
+    if decay_type not in DECAY_TYPES:
+        raise ValueError(f'paramwise_cfg.decay_type={decay_type!r}; '
+                         f'valid: {", ".join(DECAY_TYPES)}')
+    depths = convnext_backbone(model).depths
+    least = min_num_layers(depths, decay_type)
+    num_layers = cfg.get('num_layers')
+    if num_layers is None:
+        num_layers = max(default_num_layers(model), least)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or \
+            num_layers < least:
+        raise ValueError(
+            f'paramwise_cfg.num_layers={num_layers!r} is too small for a '
+            f'ConvNeXt of depths {list(depths)} with {decay_type} decay: '
+            f'its deepest layer id needs num_layers >= {least} (the '
+            'released configs use 6 for ConvNeXt-T, 12 for S/B/L/XL), or '
+            'some backbone groups would get a larger lr than the head')
+    return float(decay_rate), decay_type, num_layers
 
 
 @register_everywhere(OPTIM_WRAPPER_CONSTRUCTORS,
@@ -83,18 +140,8 @@ class ConvNeXtLRDecayConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: List[dict], module: nn.Module,
                    **kwargs) -> None:
-        cfg = self.paramwise_cfg
-        if 'decay_rate' not in cfg:
-            raise ValueError(
-                'ConvNeXtLRDecayConstructor needs paramwise_cfg.decay_rate, '
-                'e.g. paramwise_cfg=dict(decay_rate=0.7, '
-                "decay_type='layer_wise', num_layers=6)")
-        decay_rate = float(cfg['decay_rate'])
-        decay_type = cfg.get('decay_type', 'layer_wise')
-        if decay_type not in DECAY_TYPES:
-            raise ValueError(f'paramwise_cfg.decay_type={decay_type!r}; '
-                             f'valid: {", ".join(DECAY_TYPES)}')
-        num_layers = cfg.get('num_layers') or default_num_layers(module)
+        decay_rate, decay_type, num_layers = check_paramwise_cfg(
+            self.paramwise_cfg, module)
         id_of = layer_wise_id if decay_type == 'layer_wise' else stage_wise_id
         total = num_layers + 2
 

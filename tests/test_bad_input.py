@@ -1,0 +1,263 @@
+"""Bad weights, URLs and configs: one ``error:`` line (exit code 2) before
+any long work, and nothing lost or left behind."""
+import http.server
+import importlib.util
+import os
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+import convnext_mm  # noqa: F401
+from convnext_mm.checkpoints import DownloadError
+from convnext_mm.checkpoints.download import cache_path, cached_download
+from convnext_mm.models import ConvNeXt
+from convnext_mm.synthetic import make_ade20k
+from convnext_mm.synthetic.small_configs import small_seg_config
+from tool_utils import ROOT, dumped, run_tool
+
+# --- weights ----------------------------------------------------------------
+
+
+def _atto_state(**changes):
+    state = {f'backbone.{k}': v for k, v in
+             ConvNeXt('atto').state_dict().items()}
+    state.update(changes)
+    return {'state_dict': state}
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('backbone.stages.1.0.pwconv1.weight', 'nan', 'NaN/Inf'),
+    ('backbone.stages.2.3.dwconv.bias', 'inf', 'NaN/Inf'),
+    ('backbone.stages.0.0.pwconv2.weight', torch.int64, 'dtype torch.int64'),
+    ('backbone.norm3.weight', torch.bool, 'dtype torch.bool'),
+    ('backbone.downsample_layers.0.0.weight', 'meta', 'meta tensor'),
+])
+def test_unfit_weights_are_refused_naming_the_key(tmp_path, key, value,
+                                                  message):
+    ckpt = _atto_state()
+    tensor = ckpt['state_dict'][key]
+    if value in ('nan', 'inf'):
+        tensor = tensor.clone()
+        tensor.view(-1)[3] = float(value)
+    elif value == 'meta':
+        tensor = torch.empty(tensor.shape, device='meta')
+    else:
+        tensor = tensor.to(value)
+    ckpt['state_dict'][key] = tensor
+    path = tmp_path / 'w.pth'
+    torch.save(ckpt, path)
+    backbone = ConvNeXt('atto',
+                        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    short = key[len('backbone.'):]
+    with pytest.raises(ValueError, match=f'{short}.*{message}'):
+        backbone.init_weights()
+    out = tmp_path / 'converted.pth'
+    code, text = run_tool('convert_checkpoint.py', path, out, check=False)
+    assert code == 2 and text.strip().count('\n') == 0, text
+    assert text.startswith('error: ') and short in text
+    assert not out.exists() and os.listdir(tmp_path) == ['w.pth']
+
+
+def test_integer_keys_are_refused():
+    from convnext_mm.checkpoints import to_convnext_mm
+    with pytest.raises(ValueError, match="the int key 5"):
+        to_convnext_mm({'state_dict': {5: torch.zeros(1)}})
+
+
+def test_convert_tool_keeps_an_existing_output(tmp_path):
+    src = tmp_path / 'w.pth'
+    torch.save(_atto_state(), src)
+    dst = tmp_path / 'keep.pth'
+    dst.write_text('precious')
+    code, text = run_tool('convert_checkpoint.py', src, dst, check=False)
+    assert code == 2 and 'pass --force' in text
+    assert dst.read_text() == 'precious'
+
+
+# --- downloads --------------------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files = {}
+
+    def do_GET(self):  # noqa: N802
+        if self.path.startswith('/hang'):
+            time.sleep(4)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _bytes_of(obj):
+    import io
+    out = io.BytesIO()
+    torch.save(obj, out)
+    return out.getvalue()
+
+
+def test_cache_is_keyed_by_the_whole_url(server, tmp_path):
+    _Handler.files = {'/a/w.pth': _bytes_of({'x': torch.ones(1)}),
+                      '/b/w.pth': _bytes_of({'x': torch.zeros(1)})}
+    from mmengine.runner.checkpoint import _load_checkpoint
+    a = _load_checkpoint(f'{server}/a/w.pth', map_location='cpu')
+    b = _load_checkpoint(f'{server}/b/w.pth', map_location='cpu')
+    assert a['x'].item() == 1 and b['x'].item() == 0
+    assert cache_path(f'{server}/a/w.pth') != cache_path(f'{server}/b/w.pth')
+    assert cache_path(f'{server}/a/w.pth').endswith('-w.pth')
+
+
+def test_hash_in_the_file_name_is_verified(server, tmp_path):
+    import hashlib
+    good = _bytes_of({'x': torch.ones(2)})
+    digest = hashlib.sha256(good).hexdigest()[:8]
+    _Handler.files = {f'/m-{digest}.pth': good, '/m-deadbeef.pth': good}
+    path = cached_download(f'{server}/m-{digest}.pth', model_dir=tmp_path)
+    assert open(path, 'rb').read() == good
+    with pytest.raises(DownloadError, match='name promises deadbeef'):
+        cached_download(f'{server}/m-deadbeef.pth', model_dir=tmp_path)
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_silent_server_times_out_and_leaves_nothing(server, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.setenv('CONVNEXT_MM_DOWNLOAD_TIMEOUT', '1')
+    _Handler.files = {'/hang/w.pth': b'x'}
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match='hang/w.pth.*by hand'):
+        cached_download(f'{server}/hang/w.pth', model_dir=tmp_path)
+    assert time.perf_counter() - start < 3.5
+    assert os.listdir(tmp_path) == []
+
+
+def test_unreachable_url_gives_one_line_with_the_offline_way(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    url = f'http://127.0.0.1:{port}/convnext_tiny_1k_224.pth'
+    with pytest.raises(DownloadError) as err:
+        cached_download(url, model_dir=tmp_path)
+    assert url in str(err.value) and "checkpoint='/path/to/file'" in \
+        str(err.value)
+    code, text = run_tool('convert_checkpoint.py', url, tmp_path / 'o.pth',
+                          check=False)
+    assert code == 2 and text.strip().count('\n') == 0, text
+    assert text.startswith(f'error: cannot download {url}')
+
+
+# --- configs ----------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def seg_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp('bad_input')
+    data = make_ade20k(root / 'ade', num_train=2, num_val=1, size=(64, 64))
+    return dumped(small_seg_config, 'upernet_convnext_t_ade20k', data,
+                  root / 'work')
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'tool_{name}', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def one_error_line(capsys, tool, *argv):
+    """Run a tool in this process; return its single ``error:`` line."""
+    with pytest.raises(SystemExit) as exit_:
+        _tool(tool)([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    text = (out + err).strip()
+    assert exit_.value.code == 2, text
+    assert text.count('\n') == 0 and text.startswith('error: '), text
+    return text
+
+
+@pytest.mark.parametrize('option,message', [
+    ('model.backbone.arch=tinny', "arch 'tinny'"),
+    ('model.backbone.out_indices=[0,1,2,5]', 'out_indices'),
+    ('model.backbone.drop_path_rate=-0.1', 'drop_path_rate=-0.1'),
+    ('model.backbone.drop_rate=0.1',
+     "no argument 'drop_rate'; did you mean drop_path_rate"),
+    ('optim_wrapper.paramwise_cfg.decay_rate=-0.7', 'decay_rate=-0.7'),
+    ('optim_wrapper.paramwise_cfg.num_layers=3', 'num_layers=3 is too'),
+])
+def test_config_errors_come_first_in_one_line(seg_config, capsys, option,
+                                              message):
+    line = one_error_line(capsys, 'train', seg_config, '--cfg-options',
+                          option)
+    assert message in line
+
+
+def test_missing_decay_rate(seg_config, capsys, tmp_path):
+    child = tmp_path / 'no_decay_rate.py'
+    child.write_text(f"_base_ = '{seg_config}'\noptim_wrapper = dict("
+                     "paramwise_cfg=dict(_delete_=True, num_layers=6))\n")
+    line = one_error_line(capsys, 'train', child)
+    assert 'needs paramwise_cfg.decay_rate' in line
+
+
+@pytest.mark.parametrize('content,message', [
+    ('model = dict(\n', 'SyntaxError'),
+    (b'\x00\x9f\x92\x96 binary', 'cannot be read'),
+])
+def test_unreadable_configs(capsys, tmp_path, content, message):
+    path = tmp_path / 'bad.py'
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(
+        content)
+    assert message in one_error_line(capsys, 'train', path)
+    yaml = tmp_path / 'bad.yaml'
+    yaml.write_text('model: [unclosed\n  - x: : :\n')
+    assert 'cannot be read' in one_error_line(capsys, 'test', yaml, 'x.pth')
+    assert 'is a directory' in one_error_line(capsys, 'train', tmp_path)
+
+
+def test_checkpoint_errors_of_the_test_tool(seg_config, capsys, tmp_path):
+    line = one_error_line(capsys, 'test', seg_config, tmp_path)
+    assert 'is a directory' in line
+    line = one_error_line(capsys, 'test', seg_config, tmp_path / 'gone.pth')
+    assert 'does not exist' in line and 'init_cfg' not in line
+    line = one_error_line(capsys, 'train', seg_config, '--resume',
+                          tmp_path / 'gone.pth')
+    assert 'does not exist' in line and 'init_cfg' not in line
+    evil = tmp_path / 'evil.pth'
+    import crafted
+    evil.write_bytes(crafted.torch_legacy(crafted.file_write(
+        str(tmp_path / 'x'))))
+    line = one_error_line(capsys, 'test', seg_config, evil)
+    assert 'refusing' in line
+    line = one_error_line(capsys, 'train', seg_config, '--resume', evil)
+    assert 'refusing' in line
+    assert not list(tmp_path.glob('*.patch'))
+
+
+def test_error_comes_before_the_runner_starts(seg_config, tmp_path):
+    work = tmp_path / 'never'
+    code, out = run_tool('train.py', seg_config, '--work-dir', work,
+                         '--cfg-options', 'model.backbone.arch=tinny',
+                         check=False)
+    assert code == 2 and out.strip().count('\n') == 0, out
+    assert 'System environment' not in out and not work.exists()
