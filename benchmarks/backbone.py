@@ -107,6 +107,22 @@ def max_rel_err(arch):
                    for a, b in zip(ours(x), ref(x)))
 
 
+def cpu_features() -> str:
+    """The CPU and the instruction sets the fast paths depend on, as torch
+    reports them."""
+    import torch
+
+    from convnext_mm.models.convnext import native_bf16
+    caps = torch.cpu.get_capabilities()
+    flags = [k for k in ('avx2', 'avx512_f', 'avx512_bf16', 'amx_bf16',
+                         'avx512_fp16', 'bf16', 'sve') if caps.get(k)]
+    bf16 = ('native: bf16 autocast takes the fused kernels' if native_bf16()
+            else 'emulated: bf16 autocast runs the plain ops')
+    return (f"{caps.get('cpu_name', 'unknown')} "
+            f"({caps.get('num_physical_cores', '?')} cores), "
+            f"{', '.join(flags) or 'no SIMD flags reported'}; bf16 {bf16}")
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -128,6 +144,7 @@ def main():
           f'{__import__("mmpretrain").__version__}, torch {torch.__version__},'
           f' {torch.get_num_threads()} CPU threads, batch 1, '
           f'{args.iters} timed iterations after one warm-up\n')
+    print(f'- CPU: {cpu_features()}')
     for arch in args.archs:
         print(f'- {arch}: max relative output difference, same weights: '
               f'{max_rel_err(arch):.1e}')

@@ -12,7 +12,10 @@ Where the speed over mmpretrain's implementation comes from:
 - the layer scale is folded into ``pwconv2``'s weight and bias (exact under
   autograd, one pass over the activations less, one saved tensor less);
 - in float32 CPU inference the two pointwise Linears run as oneDNN kernels,
-  the first with GELU fused in (the kernels PyTorch's own compiler emits).
+  the first with GELU fused in (the kernels PyTorch's own compiler emits);
+  under bf16 autocast too, but only on CPUs with native bf16, and never
+  while the model is traced, exported or compiled (the fused op has no
+  symbolic form there; the plain ops compute the same values).
 
 Outputs are returned as ordinary contiguous NCHW tensors because some
 compiled ops downstream (RoIAlign) assume that layout.
@@ -92,18 +95,53 @@ def _onednn_linear():
 _LINEAR_POINTWISE = _onednn_linear()
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16, AMX, Arm
+    BF16), as torch reports its instruction sets. Elsewhere oneDNN emulates
+    bf16 and the fused kernels lose to PyTorch's own path."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        get = getattr(torch.cpu, 'get_capabilities', None)
+        if get is not None:
+            caps = get()
+            _NATIVE_BF16 = any(
+                caps.get(k) for k in ('avx512_bf16', 'amx_bf16', 'bf16',
+                                      'sve_bf16'))
+        else:
+            _NATIVE_BF16 = bool(torch.cpu._is_avx512_bf16_supported()
+                                or torch.cpu._is_amx_tile_supported())
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: Optional[bool] = None
+
+
+def being_transformed(x: torch.Tensor) -> bool:
+    """True while the model is traced, scripted, exported or compiled: the
+    fused op has no symbolic or export form, so the plain ops must run."""
+    if type(x) is not torch.Tensor:  # fake, functional or proxy tensors
+        return True
+    compiler = getattr(torch, 'compiler', None)
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting()
+        or (compiler is not None and compiler.is_compiling())
+        or getattr(compiler, 'is_exporting', lambda: False)()
+        or torch.fx._symbolic_trace.is_fx_tracing())
+
+
 def _onednn_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype to run the fused inference kernels in, or None for the plain
     path. The op has no autograd formula and autocast does not see it, so
     under CPU bf16 autocast we cast its inputs as autocast would."""
     if (_LINEAR_POINTWISE is None or x.device.type != 'cpu'
-            or torch.is_grad_enabled() or not torch.backends.mkldnn.enabled):
+            or torch.is_grad_enabled() or not torch.backends.mkldnn.enabled
+            or being_transformed(x)):
         return None
     if not torch.is_autocast_enabled('cpu'):
         return torch.float32 if x.dtype == torch.float32 else None
     if torch.get_autocast_dtype('cpu') == torch.bfloat16 and \
-            x.dtype in (torch.float32, torch.bfloat16) and \
-            torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            x.dtype in (torch.float32, torch.bfloat16) and native_bf16() \
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16
     return None
 
