@@ -12,13 +12,11 @@ from contextlib import contextmanager
 
 from .checkpoints.download import DownloadError
 
-# pickle.UnpicklingError covers UnsafeCheckpointError; SyntaxError a config
-# that is not Python; ValueError also the config checks' ConfigError
+# pickle.UnpicklingError covers UnsafeCheckpointError; ValueError also the
+# config checks' ConfigError (an unreadable config file among them)
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError,
                FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError,
-               DownloadError, pickle.UnpicklingError, SyntaxError,
-               UnicodeDecodeError)
+               PermissionError, DownloadError, pickle.UnpicklingError)
 
 EXIT_BAD_INPUT = 2
 
@@ -26,29 +24,25 @@ EXIT_BAD_INPUT = 2
 def error_line(err: BaseException) -> str:
     """``error: <message>`` on one line (KeyError's quotes dropped)."""
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
-    if isinstance(err, SyntaxError) and err.filename:
-        text = (f'{err.filename}, line {err.lineno}: {err.msg}: the file is '
-                'not valid Python')
     return 'error: ' + ' '.join(str(text).split())
 
 
 @contextmanager
-def user_errors():
-    """Exit with one ``error:`` line (status 2) on bad input."""
+def _one_line_for(errors):
     try:
         yield
-    except USER_ERRORS as err:
+    except errors as err:
         print(error_line(err), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 
-@contextmanager
+def user_errors():
+    """Exit with one ``error:`` line (status 2) on bad input."""
+    return _one_line_for(USER_ERRORS)
+
+
 def checkpoint_errors():
     """While a run is under way, only the checkpoint errors of ours (an
     unsafe or unreadable file met mid-run, a failed download) become one
     line: anything else keeps its traceback for debugging."""
-    try:
-        yield
-    except (pickle.UnpicklingError, DownloadError) as err:
-        print(error_line(err), file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+    return _one_line_for((pickle.UnpicklingError, DownloadError))

@@ -5,7 +5,6 @@ import argparse
 import difflib
 import os
 import os.path as osp
-import sys
 from typing import Callable, List, Optional, Tuple
 
 import torch

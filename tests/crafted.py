@@ -43,19 +43,12 @@ def program(body: bytes) -> bytes:
     return P.PROTO + b'\x02' + body + P.STOP
 
 
-def torch_zip(data_pkl: bytes, records=None, compress=None) -> bytes:
+def torch_zip(data_pkl: bytes) -> bytes:
     """A zip checkpoint as torch.save writes it, around ``data_pkl``."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, 'w', zipfile.ZIP_STORED) as archive:
         archive.writestr('archive/data.pkl', data_pkl)
         archive.writestr('archive/byteorder', 'little')
-        for name, payload in (records or {}).items():
-            if callable(payload):  # write large records in pieces
-                with archive.open(f'archive/data/{name}', 'w',
-                                  force_zip64=True) as member:
-                    payload(member)
-            else:
-                archive.writestr(f'archive/data/{name}', payload)
         archive.writestr('archive/version', '3\n')
     return out.getvalue()
 

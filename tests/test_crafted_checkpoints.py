@@ -200,6 +200,14 @@ def test_persistent_ids_of_any_kind(tmp_path, guard, pid):
     refuse_everywhere(write(tmp_path, C.torch_zip(data)))
 
 
+def test_list_containing_itself_is_refused_not_crashed(tmp_path, guard):
+    # l = []; l.append(l); set(l): the cost scan must not recurse forever
+    data = C.program(C.glob('builtins', 'set') + P.EMPTY_LIST + P.BINPUT +
+                     b'\x00' + P.BINGET + b'\x00' + P.APPEND + P.TUPLE1 +
+                     P.REDUCE)
+    refuse_everywhere(write(tmp_path, C.torch_zip(data)))
+
+
 def test_numpy_object_and_structured_arrays_are_refused(tmp_path, guard):
     for array in (np.array([1, 'x', None], dtype=object),
                   np.zeros(2, dtype=[('a', 'f4'), ('b', 'O')]),

@@ -17,9 +17,7 @@ its weights are checked (no NaN/Inf, integer or meta tensors) before DST is
 written; DST appears only when complete.
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
                                      check_weights, infer_arch,
                                      read_checkpoint, to_convnext_mm)
+from convnext_mm.checkpoints.atomic import atomic_file  # noqa: E402
 from convnext_mm.errors import user_errors  # noqa: E402
 from convnext_mm.models import find_arch  # noqa: E402
 
@@ -47,24 +46,16 @@ def convert(src: str, dst: Path, force: bool = False) -> None:
     depths, channels = infer_arch(state)
     arch = find_arch(depths, channels) or \
         f'custom (depths {list(depths)}, channels {list(channels)})'
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + '.',
-                               suffix='.partial')
-    try:
-        with os.fdopen(fd, 'wb') as out:
-            torch.save(
-                dict(
-                    state_dict={f'backbone.{k}': v
-                                for k, v in state.items()},
-                    meta=dict(
-                        source=str(src),
-                        source_layout=layout,
-                        arch=arch,
-                        use_grn=any('.grn.' in k for k in state))), out)
-        os.replace(tmp, dst)  # a crash never leaves a half-written DST
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(dst) as out:  # a crash never leaves a half-written DST
+        torch.save(
+            dict(
+                state_dict={f'backbone.{k}': v
+                            for k, v in state.items()},
+                meta=dict(
+                    source=str(src),
+                    source_layout=layout,
+                    arch=arch,
+                    use_grn=any('.grn.' in k for k in state))), out)
     print(f'{src}: {LAYOUT_DESCRIPTIONS[layout]}, ConvNeXt arch {arch}')
     print(f'wrote {len(state)} backbone tensors to {dst}; left out '
           f'{len(dropped)} others (heads, necks)')

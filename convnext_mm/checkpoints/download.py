@@ -16,10 +16,11 @@ import hashlib
 import os
 import os.path as osp
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from typing import Optional
+
+from .atomic import atomic_file
 
 # as torch.hub: the hex digits between the last '-' and the first '.'
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
@@ -36,13 +37,16 @@ def _offline_hint(url: str) -> str:
             'checkpoint=\'/path/to/file\') or load_from=\'/path/to/file\'')
 
 
+def _url_name(url: str) -> str:
+    return osp.basename(url.split('?')[0].split('#')[0])
+
+
 def cache_path(url: str, model_dir: Optional[str] = None) -> str:
     """Where ``url`` is cached: ``<model_dir>/<sha256(url)[:12]>-<name>``."""
     import torch
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
-    name = osp.basename(url.split('?')[0].split('#')[0]) or 'checkpoint.pth'
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return osp.join(model_dir, f'{key}-{name}')
+    return osp.join(model_dir, f'{key}-{_url_name(url) or "checkpoint.pth"}')
 
 
 def download(url: str, dst: str, timeout: Optional[float] = None,
@@ -54,42 +58,36 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
     """
     timeout = timeout or float(
         os.environ.get('CONVNEXT_MM_DOWNLOAD_TIMEOUT', 60))
-    name = osp.basename(url.split('?')[0])
-    expected = _HASH_IN_NAME.search(name)
-    os.makedirs(osp.dirname(dst) or '.', exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=osp.dirname(dst) or '.', prefix=osp.basename(dst) + '.',
-        suffix='.partial')
+    expected = _HASH_IN_NAME.search(_url_name(url))
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, 'wb') as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                reason = getattr(err, 'reason', err)
-                raise DownloadError(
-                    f'cannot download {url}: {reason}. {_offline_hint(url)}'
-                ) from None
-            with response:
-                total = int(response.headers.get('Content-Length') or 0)
-                bar = _progress(total, progress)
-                while True:
-                    try:
-                        chunk = response.read(_CHUNK)
-                    except OSError as err:  # includes socket timeouts
-                        raise DownloadError(
-                            f'download of {url} broke off: {err}. '
-                            f'{_offline_hint(url)}') from None
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar(len(chunk))
-                bar(None)
-                if total and out.tell() != total:
+    with atomic_file(dst) as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, 'reason', err)
+            raise DownloadError(
+                f'cannot download {url}: {reason}. {_offline_hint(url)}'
+            ) from None
+        with response:
+            total = int(response.headers.get('Content-Length') or 0)
+            bar = _progress(total, progress)
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except OSError as err:  # includes socket timeouts
                     raise DownloadError(
-                        f'download of {url} ended after {out.tell():,} of '
-                        f'{total:,} bytes. {_offline_hint(url)}')
+                        f'download of {url} broke off: {err}. '
+                        f'{_offline_hint(url)}') from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                bar(len(chunk))
+            bar(None)
+        if total and out.tell() != total:
+            raise DownloadError(
+                f'download of {url} ended after {out.tell():,} of '
+                f'{total:,} bytes. {_offline_hint(url)}')
         if expected and not digest.hexdigest().startswith(expected.group(1)):
             raise DownloadError(
                 f'{url}: the file\'s SHA-256 starts with '
@@ -97,10 +95,6 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
                 f'promises {expected.group(1)}: corrupted or tampered with. '
                 'Nothing was kept; try again, or download it by hand and '
                 'check it')
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def _progress(total: int, show: bool):

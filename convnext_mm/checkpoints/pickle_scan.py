@@ -18,7 +18,6 @@ The pickles are walked with :func:`pickletools.genops`, which decodes opcodes
 without building anything, tracking only what kind of value each stack slot
 holds.
 """
-import io
 import pickletools
 import tarfile
 import zipfile
@@ -64,12 +63,13 @@ class _Slot:
         self.items = None  # for lists/tuples: slots of the direct children
 
     def unsafe_items(self) -> int:
-        """Children (one level into nested lists/tuples) that are not safe
-        keys."""
+        """Children, and children of child lists/tuples (``set([...])`` is
+        called with a tuple of one list), that are not safe keys. One level
+        only: a list may contain itself."""
         count = 0
         for item in self.items or ():
-            count += item.unsafe_items() if item.items is not None else \
-                int(not item.safe_key)
+            for leaf in (item, ) if item.items is None else item.items:
+                count += not leaf.safe_key
         return count
 
 
@@ -221,8 +221,6 @@ def check_cost(file, where: Optional[str] = None) -> None:
     """Refuse a checkpoint (path or seekable binary file) whose loading would
     cost unbounded time or memory; leave the file position where it was."""
     where = where or str(file)
-    if isinstance(file, (bytes, bytearray)):
-        file = io.BytesIO(file)
     opened = not hasattr(file, 'read')
     handle = open(file, 'rb') if opened else file
     start = handle.tell()

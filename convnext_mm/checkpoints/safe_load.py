@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from .pickle_scan import check_cost
+from .pickle_scan import MalformedPickleError, check_cost
 
 _STATISTICS = ('min', 'max', 'mean', 'current')
 _HISTORY_STATE = {'max_length', '_log_history', '_count_history',
@@ -138,9 +138,11 @@ _RESAVE = ('If you trust the file, re-save it once: python -c "import torch; '
 
 
 def _refusal(err: Exception, where: str) -> UnsafeCheckpointError:
-    """One line from torch's several-paragraph weights-only message."""
-    if isinstance(err.__context__, UnsafeCheckpointError):
-        return UnsafeCheckpointError(f'{where}: {err.__context__}')
+    """One line from torch's several-paragraph weights-only message (torch
+    re-raises our own refusals inside it, keeping them as the context)."""
+    for ours in (err, err.__context__):
+        if isinstance(ours, UnsafeCheckpointError):
+            return UnsafeCheckpointError(f'{where}: {ours}')
     text = str(err).split('\n\nCheck the documentation')[0]
     found = _TORCH_DETAIL.search(text)
     detail = (found.group(1) if found else text.split('\n\n')[-1]).strip()
@@ -181,9 +183,7 @@ def safe_torch_load(file, map_location=None):
             raise FileNotFoundError(f'checkpoint {file} does not exist')
     try:
         check_cost(file, where)
-    except ValueError as err:
-        if 'malformed pickle' not in str(err):
-            raise
+    except MalformedPickleError as err:
         raise ValueError(
             f'{where} is not a PyTorch checkpoint that torch.load can read '
             f'({str(err).split(": ", 1)[-1]})') from None
@@ -194,8 +194,6 @@ def safe_torch_load(file, map_location=None):
             with torch.serialization.safe_globals(_EXTRA):
                 return torch.load(
                     file, map_location=map_location, weights_only=True)
-        except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f'{where}: {err}') from None
         except pickle.UnpicklingError as err:
             raise _refusal(err, where) from None
         except RuntimeError as err:

@@ -119,14 +119,12 @@ _NATIVE_BF16: Optional[bool] = None
 def being_transformed(x: torch.Tensor) -> bool:
     """True while the model is traced, scripted, exported or compiled: the
     fused op has no symbolic or export form, so the plain ops must run."""
-    if type(x) is not torch.Tensor:  # fake, functional or proxy tensors
+    if type(x) is not torch.Tensor:  # fake, functional or FX proxy tensors
         return True
-    compiler = getattr(torch, 'compiler', None)
     return bool(
         torch.jit.is_tracing() or torch.jit.is_scripting()
-        or (compiler is not None and compiler.is_compiling())
-        or getattr(compiler, 'is_exporting', lambda: False)()
-        or torch.fx._symbolic_trace.is_fx_tracing())
+        or torch.compiler.is_compiling()
+        or getattr(torch.compiler, 'is_exporting', lambda: False)())
 
 
 def _onednn_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
