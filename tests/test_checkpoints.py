@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 X = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 
 
-def load_via_init_cfg(path, arch='atto', **kwargs):
-    net = ConvNeXt(arch, init_cfg=dict(type='Pretrained',
-                                       checkpoint=str(path)), **kwargs)
+def load_via_init_cfg(path, arch='atto', final_norm=None, **kwargs):
+    init = dict(type='Pretrained', checkpoint=str(path))
+    if final_norm:
+        init['final_norm'] = final_norm
+    net = ConvNeXt(arch, init_cfg=init, **kwargs)
     net.init_weights()
     return net.eval()
 
@@ -34,17 +36,27 @@ def assert_same_outputs(net, expected, tol=1e-5):
         assert rel_err(o, e) < tol
 
 
+def fresh_norm_outputs(stage_outputs):
+    """The authors' dense backbone after a classification checkpoint: every
+    stage output through a LayerNorm with identity affine."""
+    return [F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2]).permute(
+        0, 3, 1, 2) for x in stage_outputs]
+
+
 @pytest.fixture(scope='module')
 def reference():
-    """mmpretrain ConvNeXt-atto with random weights, and its outputs."""
+    """mmpretrain ConvNeXt-atto with random weights; its outputs, those with
+    the authors' fresh norms, and those with only norm3 kept (mmdet 3.x)."""
     ref = randomise_(mmpretrain_convnext('atto', layer_scale_init_value=1.))
     ref.eval()
     with torch.no_grad():
         outs = ref(X)
-    cls_ref = reset_norms_(copy.deepcopy(ref))
+    fresh_ref = reset_norms_(copy.deepcopy(ref),
+                             ('norm0', 'norm1', 'norm2', 'norm3'))
+    copy_ref = reset_norms_(copy.deepcopy(ref))
     with torch.no_grad():
-        cls_outs = cls_ref(X)
-    return ref, outs, cls_outs
+        fresh_outs, copy_outs = fresh_ref(X), copy_ref(X)
+    return ref, outs, fresh_outs, copy_outs
 
 
 def authors_names(state):
@@ -58,7 +70,7 @@ def authors_names(state):
 
 
 def test_mmpretrain_layout(reference, tmp_path):
-    ref, outs, _ = reference
+    ref, outs, _, _ = reference
     state = {f'backbone.{k}': v for k, v in ref.state_dict().items()}
     state['head.fc.weight'] = torch.zeros(10, 320)
     state['head.fc.bias'] = torch.zeros(10)
@@ -67,7 +79,7 @@ def test_mmpretrain_layout(reference, tmp_path):
 
 
 def test_authors_classification_layout(reference, tmp_path):
-    ref, _, cls_outs = reference
+    ref, _, fresh_outs, copy_outs = reference
     state = authors_names(ref.state_dict())
     # the classifier carries only its final norm (applied after pooling)
     for i in range(3):
@@ -80,16 +92,38 @@ def test_authors_classification_layout(reference, tmp_path):
     assert detect_layout(state) == 'authors_cls'
     with captured_log() as lines:
         net = load_via_init_cfg(tmp_path / 'cls.pth')
-    assert_same_outputs(net, cls_outs)
-    log = '\n'.join(lines)
-    assert "layout: the ConvNeXt authors' classification release" in log
-    assert 'starts fresh (not in the checkpoint): norm0 (2), norm1 (2), ' \
-        'norm2 (2)' in log
-    assert 'left out (not part of this backbone): head (2)' in log
+    # the authors' rule: norm3 stays ones/zeros, features are the stage
+    # outputs through identity-affine LayerNorms
+    assert torch.equal(net.norm3.weight, torch.ones(320))
+    assert torch.equal(net.norm3.bias, torch.zeros(320))
+    assert_same_outputs(net, fresh_outs)
+    with torch.no_grad():
+        stages = ConvNeXt('atto', out_indices=(0, 1, 2, 3))
+        stages.load_state_dict(net.state_dict())
+        for i in range(4):
+            setattr(stages, f'norm{i}', torch.nn.Identity())
+        assert_same_outputs(net, fresh_norm_outputs(stages.eval()(X)))
+    log = lines[0]
+    assert log.splitlines() == [
+        f"ConvNeXt: {tmp_path / 'cls.pth'}: layout the ConvNeXt authors' "
+        'classification release',
+        "  loaded: 124 of the backbone's 132 tensors",
+        '  fresh (not in the checkpoint): norm0 (2), norm1 (2), norm2 (2), '
+        "norm3 (2) (the paper's start: the classifier's final norm is not "
+        "copied into norm3; init_cfg final_norm='copy' does, as mmdet 3.x)",
+        '  left out (not part of this backbone): head (2), norm (2)']
+    # mmdet 3.x's start, behind the switch
+    with captured_log() as lines:
+        net = load_via_init_cfg(tmp_path / 'cls.pth', final_norm='copy')
+    assert_same_outputs(net, copy_outs)
+    assert "final_norm='copy': norm3 holds the classifier's final norm" in \
+        lines[0]
+    with pytest.raises(ValueError, match="final_norm='keep'.*'fresh'.*'copy'"):
+        load_via_init_cfg(tmp_path / 'cls.pth', final_norm='keep')
 
 
 def test_authors_dense_layout(reference, tmp_path):
-    ref, outs, _ = reference
+    ref, outs, _, _ = reference
     state = {f'backbone.{k}': v
              for k, v in authors_names(ref.state_dict()).items()}
     state['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 40, 1, 1)
@@ -101,7 +135,7 @@ def test_authors_dense_layout(reference, tmp_path):
         net = load_via_init_cfg(tmp_path / 'det.pth')
     assert_same_outputs(net, outs)
     log = '\n'.join(lines)
-    assert 'starts fresh' not in log
+    assert 'fresh' not in log
     assert 'left out (not part of this backbone): neck (1), rpn_head (1)' \
         in log
 
@@ -114,17 +148,17 @@ def test_timm_layout(name, arch, tmp_path):
     model = randomise_(timm.create_model(name, pretrained=False)).eval()
     torch.save(model.state_dict(), tmp_path / 'timm.pth')
     with torch.no_grad():
-        x = model.stem(X)
-        expected = []
-        for i, stage in enumerate(model.stages):
-            x = stage(x)
-            if i < 3:
-                expected.append(F.layer_norm(x.permute(0, 2, 3, 1),
-                                             x.shape[1:2]).permute(0, 3, 1, 2))
-            else:
-                expected.append(model.head.norm(x))
+        stages = model.forward_intermediates(X, indices=[1, 2, 3, 4],
+                                             intermediates_only=True)
+        expected = fresh_norm_outputs(stages)
     v2 = name.startswith('convnextv2')
     net = load_via_init_cfg(tmp_path / 'timm.pth', arch, use_grn=v2,
+                            layer_scale_init_value=0. if v2 else 1e-6)
+    assert_same_outputs(net, expected, tol=2e-4)
+    with torch.no_grad():
+        expected[3] = model.head.norm(stages[3])
+    net = load_via_init_cfg(tmp_path / 'timm.pth', arch, final_norm='copy',
+                            use_grn=v2,
                             layer_scale_init_value=0. if v2 else 1e-6)
     assert_same_outputs(net, expected, tol=2e-4)
 
@@ -135,19 +169,20 @@ def test_torchvision_layout(tmp_path):
     torch.save(model.state_dict(), tmp_path / 'tv.pth')
     with torch.no_grad():
         x = model.features[0](X)
-        expected = []
+        stages = []
         for i in range(4):
             x = model.features[2 * i + 1](x)
-            if i < 3:
-                expected.append(F.layer_norm(x.permute(0, 2, 3, 1),
-                                             x.shape[1:2]).permute(0, 3, 1, 2))
-            else:
-                expected.append(model.classifier[0](x))
+            stages.append(x)
             if i < 3:
                 x = model.features[2 * i + 2](x)
+        expected = fresh_norm_outputs(stages)
     net = load_via_init_cfg(tmp_path / 'tv.pth', 'tiny')
     # float ops in another order: ~6e-5 after 18 random blocks; a wrong
     # mapping gives O(1) errors
+    assert_same_outputs(net, expected, tol=2e-4)
+    with torch.no_grad():
+        expected[3] = model.classifier[0](stages[3])
+    net = load_via_init_cfg(tmp_path / 'tv.pth', 'tiny', final_norm='copy')
     assert_same_outputs(net, expected, tol=2e-4)
 
 

@@ -1,13 +1,19 @@
 #!/usr/bin/env python
 """Convert a ConvNeXt checkpoint of any known layout to convnext_mm's, offline.
 
-    python tools/convert_checkpoint.py SRC DST [--force]
+    python tools/convert_checkpoint.py SRC DST [--format pth|safetensors]
+                                       [--force]
 
-SRC may be the authors' classification or detection/segmentation release, an
-mmpretrain/mmcls, timm or torchvision checkpoint. DST holds
-``{'state_dict': {'backbone.<name>': tensor}, 'meta': {...}}``, which
-``init_cfg=dict(type='Pretrained', checkpoint=DST)`` and mmengine's
-``load_checkpoint(..., revise_keys=...)`` both read. Loading needs no
+SRC may be the authors' classification or detection/segmentation release
+(V1 or V2), an mmpretrain/mmcls, timm, torchvision or Hugging Face
+transformers checkpoint, as a torch or safetensors file or a Hugging Face
+``save_pretrained`` folder. DST holds the backbone tensors under
+``backbone.<name>``: a torch file ``{'state_dict': ..., 'meta': ...}``, or a
+safetensors file (no pickle; the format is chosen by ``--format``, else by
+DST's extension) with the same information as string metadata. A
+classifier's final norm is kept as ``backbone.norm.*``, so loading DST starts
+where loading SRC does. ``init_cfg=dict(type='Pretrained', checkpoint=DST)``
+and mmengine's ``load_checkpoint(..., revise_keys=...)`` both read it. Loading needs no
 conversion (init_cfg recognises every layout); converting once saves work
 when the same weights are loaded many times, or strips a large file down to
 its backbone.
@@ -28,11 +34,13 @@ from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
                                      check_weights, infer_arch,
                                      read_checkpoint, to_convnext_mm)
 from convnext_mm.checkpoints.atomic import atomic_file  # noqa: E402
+from convnext_mm.checkpoints.files import write_safetensors  # noqa: E402
 from convnext_mm.errors import user_errors  # noqa: E402
 from convnext_mm.models import find_arch  # noqa: E402
 
 
-def convert(src: str, dst: Path, force: bool = False) -> None:
+def convert(src: str, dst: Path, force: bool = False,
+            fmt: str = None) -> None:
     if dst.is_dir():
         raise IsADirectoryError(f'{dst} is a directory; give the output '
                                 f'file path, e.g. {dst}/converted.pth')
@@ -46,16 +54,15 @@ def convert(src: str, dst: Path, force: bool = False) -> None:
     depths, channels = infer_arch(state)
     arch = find_arch(depths, channels) or \
         f'custom (depths {list(depths)}, channels {list(channels)})'
+    fmt = fmt or ('safetensors' if dst.suffix == '.safetensors' else 'pth')
+    weights = {f'backbone.{k}': v for k, v in state.items()}
+    meta = dict(source=str(src), source_layout=layout, arch=arch,
+                use_grn=any('.grn.' in k for k in state))
     with atomic_file(dst) as out:  # a crash never leaves a half-written DST
-        torch.save(
-            dict(
-                state_dict={f'backbone.{k}': v
-                            for k, v in state.items()},
-                meta=dict(
-                    source=str(src),
-                    source_layout=layout,
-                    arch=arch,
-                    use_grn=any('.grn.' in k for k in state))), out)
+        if fmt == 'safetensors':
+            write_safetensors(weights, out, metadata=meta)
+        else:
+            torch.save(dict(state_dict=weights, meta=meta), out)
     print(f'{src}: {LAYOUT_DESCRIPTIONS[layout]}, ConvNeXt arch {arch}')
     print(f'wrote {len(state)} backbone tensors to {dst}; left out '
           f'{len(dropped)} others (heads, necks)')
@@ -65,13 +72,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('src', help='checkpoint path or http(s) URL')
-    parser.add_argument('dst', help='output .pth path')
+    parser.add_argument('src', help='checkpoint file, Hugging Face folder or '
+                        'http(s) URL')
+    parser.add_argument('dst', help='output file (.pth or .safetensors)')
+    parser.add_argument('--format', choices=['pth', 'safetensors'],
+                        help='output format (default: from the extension '
+                        'of DST, .safetensors or else pth)')
     parser.add_argument('--force', action='store_true',
                         help='overwrite DST if it exists')
     args = parser.parse_args(argv)
     with user_errors():
-        convert(args.src, Path(args.dst), args.force)
+        convert(args.src, Path(args.dst), args.force, args.format)
 
 
 if __name__ == '__main__':

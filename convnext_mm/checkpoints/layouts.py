@@ -4,6 +4,11 @@ Ours are the names of the authors' detection/segmentation release without the
 ``backbone.`` prefix (see :mod:`convnext_mm.models.convnext`). Each converter
 returns ``(backbone_state, dropped)``: the tensors under our names, and the
 names of what is not part of the backbone (classifier heads, necks, heads).
+
+A classification checkpoint's final norm (which the classifier applies to
+pooled vectors) keeps the authors' name ``norm.weight``/``norm.bias``:
+whether it goes into the dense model's ``norm3`` is the loader's decision
+(:mod:`.pretrained`), not the layout's.
 """
 import re
 from collections import OrderedDict
@@ -24,7 +29,17 @@ LAYOUT_DESCRIPTIONS = {
     'mmpretrain': 'mmpretrain / mmcls',
     'timm': 'timm',
     'torchvision': 'torchvision',
+    'transformers': 'Hugging Face transformers (ConvNext / ConvNextV2)',
 }
+
+_FCMAE = (
+    "a ConvNeXt V2 FCMAE pre-training checkpoint (the masked autoencoder's "
+    'sparse-convolution encoder, with its decoder): it is where ImageNet '
+    'fine-tuning starts, not a backbone for detection or segmentation. Use a '
+    "fine-tuned V2 checkpoint instead: the authors' "
+    'convnextv2_<size>_1k_224_ema.pt (or _22k_..._ema.pt), timm\'s '
+    'convnextv2_<size>.fcmae_ft_in1k or Hugging Face\'s '
+    'facebook/convnextv2-<size>-1k-224')
 
 
 def unwrap(checkpoint) -> StateDict:
@@ -72,6 +87,10 @@ def detect_layout(state: StateDict) -> str:
     def has(pattern):
         return any(re.search(pattern, k) for k in keys)
 
+    if has(r'(^|\.)dwconv\.kernel$') or has(r'(^|\.)mask_token$'):
+        raise ValueError(_FCMAE)
+    if has(r'(^|\.)embeddings\.patch_embeddings\.weight$'):
+        return 'transformers'
     if has(r'(^|\.)features\.0\.0\.weight$'):
         return 'torchvision'
     if has(r'(^|\.)stem\.0\.weight$') and has(r'\.blocks\.\d+\.conv_dw\.'):
@@ -123,14 +142,13 @@ def _grn_and_scale_shapes(state: StateDict) -> StateDict:
 _BACKBONE_KEY = (r'(downsample_layers\.\d+\.\d+\.(weight|bias)|'
                  r'stages\.\d+\.\d+\.(dwconv|norm|pwconv1|pwconv2)\.'
                  r'(weight|bias)|stages\.\d+\.\d+\.(gamma|grn\.gamma|'
-                 r'grn\.beta)|norm\d\.(weight|bias))')
+                 r'grn\.beta)|norm\d*\.(weight|bias))')
 
 
 def convert_authors(state: StateDict) -> Converted:
-    """Both authors' releases; the classifier's final norm becomes norm3."""
+    """Both authors' releases (V1, and V2 with GRN); ours too."""
     state, dropped = _split_prefix(state, 'backbone.')
-    state, more = _apply_rules(state, [(_BACKBONE_KEY, r'\g<0>'),
-                                       (r'norm\.(weight|bias)', r'norm3.\1')])
+    state, more = _apply_rules(state, [(_BACKBONE_KEY, r'\g<0>')])
     return _grn_and_scale_shapes(state), dropped + more
 
 
@@ -158,7 +176,7 @@ def convert_timm(state: StateDict) -> Converted:
         (blk + r'\.mlp\.grn\.weight', r'stages.\1.\2.grn.gamma'),
         (blk + r'\.mlp\.grn\.bias', r'stages.\1.\2.grn.beta'),
         (blk + r'\.gamma', r'stages.\1.\2.gamma'),
-        (r'head\.norm\.(weight|bias)', r'norm3.\1'),
+        (r'head\.norm\.(weight|bias)', r'norm.\1'),
     ])
     return _grn_and_scale_shapes(state), dropped + more
 
@@ -171,7 +189,7 @@ def convert_torchvision(state: StateDict) -> Converted:
         if m is None:
             m_cls = re.fullmatch(r'classifier\.0\.(weight|bias)', key)
             if m_cls:
-                out[f'norm3.{m_cls.group(1)}'] = value
+                out[f'norm.{m_cls.group(1)}'] = value
             else:
                 more.append(key)
             continue
@@ -194,12 +212,34 @@ def convert_torchvision(state: StateDict) -> Converted:
     return _grn_and_scale_shapes(out), dropped + more
 
 
+def convert_transformers(state: StateDict) -> Converted:
+    from .transformers_layouts import RULES, split_classifier
+    state, dropped = _split_prefix(state, 'backbone.')
+    state, more = split_classifier(state)
+    state, rest = _apply_rules(state, RULES)
+    return _grn_and_scale_shapes(state), dropped + more + rest
+
+
+def _name_classifier_norm(state: StateDict) -> StateDict:
+    """A checkpoint whose only stage norm is the last stage's is a
+    classifier's (mmpretrain's and our ImageNet models store the final norm
+    there): give it the authors' name for a classifier's final norm."""
+    norms = {int(m.group(1)) for k in state
+             for m in [re.fullmatch(r'norm(\d+)\.weight', k)] if m}
+    last = len(infer_arch(state)[0]) - 1
+    if 'norm.weight' in state or norms != {last}:
+        return state
+    return OrderedDict((re.sub(rf'^norm{last}\.', 'norm.', k), v)
+                       for k, v in state.items())
+
+
 CONVERTERS: Dict[str, Callable[[StateDict], Converted]] = {
     'authors_cls': convert_authors,
     'authors_dense': convert_authors,
     'mmpretrain': convert_mmpretrain,
     'timm': convert_timm,
     'torchvision': convert_torchvision,
+    'transformers': convert_transformers,
 }
 
 
@@ -215,7 +255,8 @@ def to_convnext_mm(checkpoint,
             recognised without it.
 
     Returns:
-        (state, dropped, layout): the backbone tensors under our names, the
+        (state, dropped, layout): the backbone tensors under our names (a
+        classifier's final norm as ``norm.weight``/``norm.bias``), the
         original names of everything that is not backbone, the layout name.
     """
     state = _strip_module_prefix(unwrap(checkpoint))
@@ -227,7 +268,7 @@ def to_convnext_mm(checkpoint,
         state, dropped = _split_prefix(state, prefix)
     layout = detect_layout(state)
     converted, more = CONVERTERS[layout](state)
-    return converted, dropped + more, layout
+    return _name_classifier_norm(converted), dropped + more, layout
 
 
 def infer_arch(state: StateDict) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

@@ -249,8 +249,13 @@ class ConvNeXt(BaseModule):
             emitted stage before its norm and return ``(N, C)`` vectors, as
             the authors' classifier (and mmpretrain) do. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``
-            loads any common ConvNeXt checkpoint layout (see
-            :mod:`convnext_mm.checkpoints`); None gives the paper's init.
+            loads any common ConvNeXt checkpoint layout, as a torch or
+            safetensors file or a Hugging Face folder (see
+            :mod:`convnext_mm.checkpoints`). A classification checkpoint
+            leaves ``norm0``..``norm3`` fresh, as the paper's fine-tuning
+            started; add ``final_norm='copy'`` to copy the classifier's final
+            norm into ``norm3`` as mmdet 3.x does. None gives the paper's
+            init.
         pretrained (str, optional): Legacy spelling of a ``Pretrained``
             init_cfg, which mmseg's ``EncoderDecoder`` passes to backbones.
     """
@@ -273,6 +278,9 @@ class ConvNeXt(BaseModule):
                     'ConvNeXt got both pretrained and init_cfg; set only '
                     "init_cfg=dict(type='Pretrained', checkpoint=...)")
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            from ..checkpoints.pretrained import check_final_norm
+            check_final_norm(init_cfg.get('final_norm'))
         super().__init__(init_cfg=init_cfg)
         self.arch = arch
         self.depths, self.channels = _parse_arch(arch)
@@ -370,7 +378,8 @@ class ConvNeXt(BaseModule):
                 self,
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),
-                map_location=cfg.get('map_location', 'cpu'))
+                map_location=cfg.get('map_location', 'cpu'),
+                final_norm=cfg.get('final_norm'))
         elif cfg is not None:
             super().init_weights()
         self._is_init = True

@@ -1,0 +1,87 @@
+"""Hugging Face transformers layouts: ConvNext/ConvNextV2 models and
+backbones, and whole UperNet segmentors.
+
+``ConvNextModel`` and ``ConvNextV2Model`` name the stem
+``embeddings.patch_embeddings`` / ``embeddings.layernorm``, the blocks
+``encoder.stages.N.layers.M.*`` and the classifier's final norm
+``layernorm``; the ``*ForImageClassification`` classes add a ``convnext.`` /
+``convnextv2.`` prefix and ``classifier.*``; ``ConvNextBackbone`` has no
+final norm but one dense norm per stage, ``hidden_states_norms.stageK``.
+``UperNetForSemanticSegmentation`` (converted from mmseg's UperNet) holds
+such a backbone under ``backbone.`` and mmseg's heads with ``batch_norm``
+for ``bn`` and ``classifier`` for ``conv_seg``.
+"""
+import re
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import torch
+
+StateDict = Dict[str, torch.Tensor]
+
+_BLOCK = r'encoder\.stages\.(\d+)\.layers\.(\d+)'
+RULES = [
+    (r'embeddings\.patch_embeddings\.(weight|bias)',
+     r'downsample_layers.0.0.\1'),
+    (r'embeddings\.layernorm\.(weight|bias)', r'downsample_layers.0.1.\1'),
+    (r'encoder\.stages\.(\d+)\.downsampling_layer\.(\d)\.(weight|bias)',
+     r'downsample_layers.\1.\2.\3'),
+    (_BLOCK + r'\.(dwconv|pwconv1|pwconv2)\.(weight|bias)',
+     r'stages.\1.\2.\3.\4'),
+    (_BLOCK + r'\.layernorm\.(weight|bias)', r'stages.\1.\2.norm.\3'),
+    (_BLOCK + r'\.layer_scale_parameter', r'stages.\1.\2.gamma'),
+    (_BLOCK + r'\.grn\.weight', r'stages.\1.\2.grn.gamma'),
+    (_BLOCK + r'\.grn\.bias', r'stages.\1.\2.grn.beta'),
+    # the classifier's final norm, under the authors' name
+    (r'layernorm\.(weight|bias)', r'norm.\1'),
+    (r'hidden_states_norms\.stage(\d+)\.(weight|bias)',
+     lambda m: f'norm{int(m.group(1)) - 1}.{m.group(2)}'),
+]
+
+
+def is_transformers_upernet(state: StateDict) -> bool:
+    """Whether ``state`` is a whole ``UperNetForSemanticSegmentation``."""
+    return 'backbone.embeddings.patch_embeddings.weight' in state and any(
+        k.startswith('decode_head.') for k in state)
+
+
+def _head_name(key: str) -> str:
+    head, rest = key.split('.', 1)
+    rest = re.sub(r'(^|\.)batch_norm\.', r'\1bn.', rest)
+    rest = re.sub(r'^classifier\.', 'conv_seg.', rest)
+    return f'{head}.{rest}'
+
+
+def upernet_to_mmseg(state: StateDict) -> StateDict:
+    """A transformers UperNet state dict under mmseg's (and our) names.
+
+    Every tensor is accounted for: a key that maps nowhere is an error.
+    """
+    from .layouts import convert_transformers
+    backbone = OrderedDict((k[len('backbone.'):], v)
+                           for k, v in state.items()
+                           if k.startswith('backbone.'))
+    converted, dropped = convert_transformers(backbone)
+    out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
+    unknown: List[str] = [f'backbone.{k}' for k in dropped]
+    for key, value in state.items():
+        if key.startswith(('decode_head.', 'auxiliary_head.')):
+            out[_head_name(key)] = value
+        elif not key.startswith('backbone.'):
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            'a Hugging Face UperNet checkpoint with tensors convnext_mm '
+            f'cannot place: {", ".join(unknown[:5])}')
+    return out
+
+
+def split_classifier(state: StateDict) -> Tuple[StateDict, List[str]]:
+    """Strip the ``convnext.``/``convnextv2.`` prefix of the classification
+    models, naming the classifier's own tensors dropped."""
+    for prefix in ('convnext.', 'convnextv2.'):
+        if any(k.startswith(prefix) for k in state):
+            kept = OrderedDict((k[len(prefix):], v) for k, v in state.items()
+                               if k.startswith(prefix))
+            return kept, [k for k in state if not k.startswith(prefix)]
+    return state, []
