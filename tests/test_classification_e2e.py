@@ -1,6 +1,5 @@
 """ImageNet configs end to end on a generated class-folder dataset, and a
 classifier checkpoint as the init of a detector's backbone."""
-import re
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from convnext_mm.synthetic import make_coco_instances, make_image_folder
 from convnext_mm.synthetic.small_configs import (small_cls_config,
                                                  small_det_config)
 from tool_utils import dumped, metric, run_tool, train_losses
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
@@ -73,26 +74,15 @@ def test_classifier_checkpoint_initialises_a_detector(trained_classifier,
     detector.init_weights()
     saved = safe_torch_load(ckpt)['state_dict']
     own = detector.backbone.state_dict()
-    arrived = [k for k in own if f'backbone.{k}' in saved]
-    # everything but the output norms of stages 0-2, which a classifier
-    # does not have
-    assert sorted(set(own) - set(arrived)) == [
-        f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')
-    ]
+    # everything but the output norms, which start fresh as in the paper
+    # (the classifier's final norm, saved as norm3, is not copied)
+    norms = [f'norm{i}.{p}' for i in range(4) for p in ('bias', 'weight')]
+    arrived = [k for k in own if k not in norms]
+    assert all(f'backbone.{k}' in saved for k in arrived)
+    for key in norms:
+        assert torch.equal(own[key], torch.ones_like(own[key]) if
+                           key.endswith('weight') else
+                           torch.zeros_like(own[key])), key
+    assert not torch.equal(saved['backbone.norm3.weight'], torch.ones(320))
     for key in arrived:
         assert torch.equal(own[key], saved[f'backbone.{key}']), key
-
-
-def test_imagenet_configs_match_table_1():
-    _, out = run_tool('get_flops.py', 'configs/convnext_t_in1k.py',
-                      'configs/convnext_b_in22k_ft_in1k_384.py')
-    rows = dict((m.group(1), (float(m.group(2)), float(m.group(3))))
-                for m in re.finditer(
-                    r'\| (\w+) \| \d+x\d+ \| ([\d.]+) \| [\d.]+ \| '
-                    r'([\d.]+) \|', out))
-    assert rows['convnext_t_in1k'][0] == pytest.approx(28, abs=1.0)
-    assert rows['convnext_t_in1k'][1] == pytest.approx(4.5, rel=0.02)
-    assert rows['convnext_b_in22k_ft_in1k_384'][0] == pytest.approx(89,
-                                                                    abs=1.0)
-    assert rows['convnext_b_in22k_ft_in1k_384'][1] == pytest.approx(45.0,
-                                                                    rel=0.02)

@@ -14,6 +14,8 @@ from convnext_mm.synthetic import make_coco_instances
 from convnext_mm.synthetic.small_configs import small_det_config
 from tool_utils import ROOT, dumped, metric, run_tool, train_losses
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def coco(tmp_path_factory):

@@ -14,6 +14,8 @@ from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
 from tool_utils import dumped, metric, run_tool, train_losses
 
+pytestmark = pytest.mark.slow
+
 LEAF = 'upernet_convnext_t_ade20k'
 
 
@@ -54,6 +56,20 @@ def test_single_and_multi_scale_miou(trained_upernet):
     assert 0. <= ss <= 100. and 0. <= ms <= 100.
     # six scales x two flips went through the model for every image
     assert ss != ms
+
+
+def test_safetensors_checkpoint_tests_the_same(trained_upernet, tmp_path):
+    """tools/test.py reads a safetensors file (by content, whatever its
+    name) and scores what the .pth scores."""
+    from convnext_mm.checkpoints.files import write_safetensors
+    cfg, work, _ = trained_upernet
+    state = safe_torch_load(work / 'iter_20.pth')['state_dict']
+    with open(tmp_path / 'iter_20.bin', 'wb') as out:
+        write_safetensors(state, out)
+    _, pth = run_tool('test.py', cfg, work / 'iter_20.pth')
+    _, st = run_tool('test.py', cfg, tmp_path / 'iter_20.bin')
+    assert metric(st, 'mIoU') == metric(pth, 'mIoU')
+    assert metric(st, 'aAcc') == metric(pth, 'aAcc')
 
 
 def test_mim_train_and_test(ade, tmp_path):
