@@ -259,8 +259,10 @@ def test_bad_files(tmp_path):
         load(tmp_path / 'hfv2')
     # a folder without weights
     (tmp_path / 'empty').mkdir()
-    (tmp_path / 'empty' / 'config.json').write_text(json.dumps(config))
-    with pytest.raises(ValueError, match='num_stages=3'):
+    (tmp_path / 'empty' / 'config.json').write_text(
+        (tmp_path / 'hfv2' / 'config.json').read_text())
+    with pytest.raises(FileNotFoundError, match='empty has a config.json but '
+                       'none of model.safetensors'):
         read_file(tmp_path / 'empty')
 
 

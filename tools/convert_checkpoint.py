@@ -13,8 +13,9 @@ safetensors file (no pickle; the format is chosen by ``--format``, else by
 DST's extension) with the same information as string metadata. A
 classifier's final norm is kept as ``backbone.norm.*``, so loading DST starts
 where loading SRC does. ``init_cfg=dict(type='Pretrained', checkpoint=DST)``
-and mmengine's ``load_checkpoint(..., revise_keys=...)`` both read it. Loading needs no
-conversion (init_cfg recognises every layout); converting once saves work
+and mmengine's ``load_checkpoint(..., revise_keys=...)`` both read it.
+Loading needs no conversion (init_cfg recognises every layout); converting
+once saves work
 when the same weights are loaded many times, or strips a large file down to
 its backbone.
 

@@ -168,3 +168,23 @@ def read_file(path: str, map_location=None):
         state = OrderedDict(
             (k, v.to(map_location)) for k, v in state.items())
     return state
+
+
+def read_for_mmengine(path: str, map_location=None):
+    """:func:`read_file` for mmengine's checkpoint loaders: a whole Hugging
+    Face UperNet comes back under mmseg's names, so ``load_from`` and
+    ``tools/test.py`` take it as it is."""
+    from mmengine.logging import print_log
+
+    from .transformers_layouts import is_transformers_upernet, upernet_to_mmseg
+    checkpoint = read_file(path, map_location=map_location)
+    if isinstance(checkpoint, dict) and is_transformers_upernet(checkpoint):
+        try:
+            state = upernet_to_mmseg(checkpoint)
+        except ValueError as err:
+            raise ValueError(f'{path}: {err}') from None
+        print_log(f'{path}: layout Hugging Face UperNetForSemanticSegmentation'
+                  f'; {len(state)} tensors read under mmseg\'s names',
+                  logger='current')
+        checkpoint = dict(state_dict=state)
+    return checkpoint

@@ -213,11 +213,14 @@ def convert_torchvision(state: StateDict) -> Converted:
 
 
 def convert_transformers(state: StateDict) -> Converted:
-    from .transformers_layouts import RULES, split_classifier
-    state, dropped = _split_prefix(state, 'backbone.')
-    state, more = split_classifier(state)
-    state, rest = _apply_rules(state, RULES)
-    return _grn_and_scale_shapes(state), dropped + more + rest
+    from .transformers_layouts import RULES
+    dropped = []
+    # an UperNet's backbone, or the classifiers' model under its prefix
+    for prefix in ('backbone.', 'convnext.', 'convnextv2.'):
+        state, more = _split_prefix(state, prefix)
+        dropped += more
+    state, more = _apply_rules(state, RULES)
+    return _grn_and_scale_shapes(state), dropped + more
 
 
 def _name_classifier_norm(state: StateDict) -> StateDict:

@@ -21,8 +21,9 @@ Before unpickling, :mod:`.pickle_scan` bounds the work a file can cost
 (decompression bombs, colliding dict keys, giant pickles). Legacy (non-zip)
 files go through the same weights-only path; torch's old ``.tar`` format is
 refused. :func:`install` routes mmengine's local and http(s) checkpoint
-loading here, so ``load_from``, ``--resume``, ``init_cfg`` and the tools all
-load safely.
+loading through :mod:`.files` (which sends torch files here and reads
+safetensors without pickle), so ``load_from``, ``--resume``, ``init_cfg`` and
+the tools all load safely.
 """
 import os
 import os.path as osp
@@ -212,34 +213,16 @@ def safe_torch_load(file, map_location=None):
                 f'read ({type(err).__name__}: {err})') from None
 
 
-def _read(path, map_location):
-    """Any file or folder :mod:`.files` reads; a whole Hugging Face UperNet
-    comes back under mmseg's names, so ``load_from`` takes it as it is."""
-    from mmengine.logging import print_log
-
-    from .files import read_file
-    from .transformers_layouts import is_transformers_upernet, upernet_to_mmseg
-    checkpoint = read_file(path, map_location=map_location)
-    if isinstance(checkpoint, dict) and is_transformers_upernet(checkpoint):
-        try:
-            state = upernet_to_mmseg(checkpoint)
-        except ValueError as err:
-            raise ValueError(f'{path}: {err}') from None
-        print_log(f'{path}: layout Hugging Face UperNetForSemanticSegmentation'
-                  f'; {len(state)} tensors read under mmseg\'s names',
-                  logger='current')
-        checkpoint = dict(state_dict=state)
-    return checkpoint
-
-
 def _load_from_local(filename, map_location):
-    return _read(filename, map_location)
+    from .files import read_for_mmengine
+    return read_for_mmengine(filename, map_location)
 
 
 def _load_from_http(filename, map_location=None, model_dir=None,
                     progress=None):
     from .download import cached_download
-    return _read(
+    from .files import read_for_mmengine
+    return read_for_mmengine(
         cached_download(filename, model_dir=model_dir, progress=progress),
         map_location)
 

@@ -13,7 +13,7 @@ for ``bn`` and ``classifier`` for ``conv_seg``.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 
@@ -57,31 +57,18 @@ def upernet_to_mmseg(state: StateDict) -> StateDict:
 
     Every tensor is accounted for: a key that maps nowhere is an error.
     """
-    from .layouts import convert_transformers
-    backbone = OrderedDict((k[len('backbone.'):], v)
-                           for k, v in state.items()
-                           if k.startswith('backbone.'))
+    from .layouts import _split_prefix, convert_transformers
+    backbone, others = _split_prefix(state, 'backbone.')
     converted, dropped = convert_transformers(backbone)
     out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
     unknown: List[str] = [f'backbone.{k}' for k in dropped]
-    for key, value in state.items():
+    for key in others:
         if key.startswith(('decode_head.', 'auxiliary_head.')):
-            out[_head_name(key)] = value
-        elif not key.startswith('backbone.'):
+            out[_head_name(key)] = state[key]
+        else:
             unknown.append(key)
     if unknown:
         raise ValueError(
             'a Hugging Face UperNet checkpoint with tensors convnext_mm '
             f'cannot place: {", ".join(unknown[:5])}')
     return out
-
-
-def split_classifier(state: StateDict) -> Tuple[StateDict, List[str]]:
-    """Strip the ``convnext.``/``convnextv2.`` prefix of the classification
-    models, naming the classifier's own tensors dropped."""
-    for prefix in ('convnext.', 'convnextv2.'):
-        if any(k.startswith(prefix) for k in state):
-            kept = OrderedDict((k[len(prefix):], v) for k, v in state.items()
-                               if k.startswith(prefix))
-            return kept, [k for k in state if not k.startswith(prefix)]
-    return state, []
