@@ -72,3 +72,23 @@ def test_update_readme_checks_and_refuses_other_commands(tmp_path):
                       '-->\n')
     code, out = run_tool('update_readme.py', '--readme', readme, check=False)
     assert code != 0 and 'only "python tools/..."' in out
+
+
+def test_update_readme_takes_markdown_tables_not_logged_boxes():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'update_readme', ROOT / 'tools' / 'update_readme.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # mmseg logs its per-class IoU as a prettytable box between the
+    # demo's markdown: those rows start with "|" too
+    output = '\n'.join([
+        'per class results:', '+--------+------+', '| Class  | IoU  |',
+        '+--------+------+', '| ground | 88.1 |', '+--------+------+',
+        '| metric | after |', '|---|---|', '| mIoU | 86.5 |', '- a note',
+        '| t | u |', '|:--|--:|', '| 1 | 2 |'
+    ])
+    assert module.markdown(output) == [
+        '| metric | after |', '|---|---|', '| mIoU | 86.5 |', '', '- a note',
+        '', '| t | u |', '|:--|--:|', '| 1 | 2 |'
+    ]

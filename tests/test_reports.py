@@ -58,10 +58,13 @@ def test_fps_measurement_runs_the_test_pipeline():
     assert 0. < fps < 100.
 
 
-def test_demo_writes_pictures_curves_and_summary(tmp_path):
+def test_demo_learns_and_writes_pictures_curves_and_summary(tmp_path):
+    """The demo at reduced length (120 + 300 iterations of its 400 + 800)
+    holds a reduced floor; here it gives box AP 41.5, mask AP 54.7, mIoU
+    65.7."""
     work = tmp_path / 'demo'
-    _, out = run_tool('demo.py', '--work-dir', work, '--det-iters', '10',
-                      '--seg-iters', '10')
+    _, out = run_tool('demo.py', '--work-dir', work, '--det-iters', '120',
+                      '--seg-iters', '300')
     assert sorted(p.name for p in (work / 'vis').iterdir()) == [
         f'{kind}_{i}.png' for kind in ('det', 'seg') for i in range(4)
     ]
@@ -71,6 +74,14 @@ def test_demo_writes_pictures_curves_and_summary(tmp_path):
         assert re.search(rf'\| {row} \| [\d.]+ \| [\d.]+ \| [\d.]+ \|',
                          summary), summary
     assert summary.strip() in out
+    after = {
+        row: float(re.search(rf'\| {row} \| [\d.]+ \| ([\d.]+) \|',
+                             summary).group(1))
+        for row in ('Mask R-CNN box AP', 'Mask R-CNN mask AP', 'UperNet mIoU')
+    }
+    assert after['Mask R-CNN box AP'] >= 30, summary
+    assert after['Mask R-CNN mask AP'] >= 40, summary
+    assert after['UperNet mIoU'] >= 55, summary
     # a second run never writes into a used work dir
     code, out = run_tool('demo.py', '--work-dir', work, check=False)
     assert code != 0 and 'is not empty' in out

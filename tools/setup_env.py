@@ -1,277 +1,265 @@
 #!/usr/bin/env python3
-"""Set up convnext_mm's virtual environment on a fresh machine, idempotently.
+"""Set up convnext_mm's environment, idempotently, connected or offline.
 
-Run with any Python >= 3.9 (it creates ``.venv`` in the checkout)::
+Run with any Python >= 3.9::
 
-    python3 tools/setup_env.py            # set up, or check and skip
-    python3 tools/setup_env.py --force    # redo every step
+    python3 tools/setup_env.py            # .venv in the checkout, our torch
+    python3 tools/setup_env.py --force    # redo every step, rebuild mmcv
+    python tools/setup_env.py --keep-torch [--no-venv]
+                                          # on this Python's own torch
+    python3 tools/setup_env.py --wheelhouse DIR [--python 3.X]
+          [--platform TAG] [--keep-torch] [--skip-installed FREEZE]
+                                          # collect every file, for later
+    python3 tools/setup_env.py --offline DIR [--keep-torch]
+                                          # set up from DIR alone
 
-Steps: create the venv; install the pinned torch/torchvision; compile mmcv
-2.1.0 with its ops against that torch (CUDA ops when a GPU and nvcc are
-present, CPU ops otherwise), reusing a wheel cached outside the checkout under
-a key of mmcv, torch, CUDA and Python versions; install the rest of
-``requirements.txt`` and this package in editable mode; check the result.
+Steps: create the venv (``--system-site-packages`` with ``--keep-torch``);
+install the pinned torch/torchvision (not with ``--keep-torch``); compile
+mmcv 2.1.0 with its ops against that torch (CUDA ops for the visible GPUs or
+``TORCH_CUDA_ARCH_LIST`` when torch has CUDA and nvcc is there, CPU ops
+otherwise), reusing a wheel cached outside the checkout (or in the
+wheelhouse) under a key of mmcv, torch, CUDA, arch list and Python; install
+the rest of ``requirements.txt`` and this package in editable mode; check
+the result.
 
 Environment: ``CONVNEXT_MM_CACHE`` moves the wheel cache (default
 ``~/.cache/convnext_mm``); ``CONVNEXT_MM_VENV`` moves the venv; ``MAX_JOBS``
-caps compile jobs.
+caps compile jobs (default: the core count); ``TORCH_CUDA_ARCH_LIST`` picks
+the GPU architectures.
 """
 import argparse
 import hashlib
-import os
-import re
-import shutil
-import subprocess
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = ROOT / 'requirements.txt'
-VENV = Path(os.environ.get('CONVNEXT_MM_VENV', ROOT / '.venv'))
-CACHE = Path(
-    os.environ.get('CONVNEXT_MM_CACHE',
-                   Path(os.environ.get('XDG_CACHE_HOME',
-                                       Path.home() / '.cache')) /
-                   'convnext_mm'))
-STAMP = VENV / '.convnext_mm_setup'
-LOG_DIR = VENV / 'logs'
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from installer import mmcv_build, own_torch, wheelhouse  # noqa: E402
+from installer.common import (ROOT, REQUIREMENTS, Refused,  # noqa: E402
+                              StepFailed, Target, pins, pip, probe, run, say)
+from installer.selection import select  # noqa: E402
+
+# the first distribution of a name on sys.path is the one that imports
+HAVE = ('import json, importlib.metadata as m; have = {}\n'
+        'for d in m.distributions():\n'
+        '    have.setdefault(d.metadata["Name"], d.version)\n'
+        'print(json.dumps({k: v for k, v in have.items() if k}))')
+
+CHECK = '''
+import torch, mmcv, mmengine, mmdet, mmseg
+from mmcv.ops import nms
+import convnext_mm
+line = (f"torch {torch.__version__} (CUDA available: "
+        f"{torch.cuda.is_available()}), mmcv {mmcv.__version__}, "
+        f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
+        f"mmseg {mmseg.__version__}")
+if WITH_TORCHVISION:
+    import torchvision, mmpretrain
+    line += (f", torchvision {torchvision.__version__}, "
+             f"mmpretrain {mmpretrain.__version__}")
+print(line)
+'''
 
 
-class StepFailed(RuntimeError):
-    """A set-up step failed; the message names the step and the log."""
+def check_code(with_torchvision=True):
+    return CHECK.replace('WITH_TORCHVISION', str(with_torchvision))
 
 
-def say(msg):
-    print(f'[setup] {msg}', flush=True)
-
-
-def pins():
-    """Return ``{name: version}`` from requirements.txt."""
-    out = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split('#', 1)[0].strip()
-        if line:
-            name, _, version = line.partition('==')
-            out[name.strip().lower()] = version.strip()
-    return out
-
-
-def venv_python():
-    return VENV / 'bin' / 'python'
-
-
-def run(step, cmd, env=None, progress=None):
-    """Run ``cmd``, logging everything to ``LOG_DIR/<step>.log``.
-
-    ``progress``, when given, is called with each output line and returns a
-    status string to show on one updating line, or None.
-    """
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f'{step}.log'
-    tty = sys.stdout.isatty()
-    last_shown = ''
-    last_time = 0.0
-    with open(log_path, 'w') as log:
-        log.write('$ ' + ' '.join(map(str, cmd)) + '\n')
-        proc = subprocess.Popen(
-            [str(c) for c in cmd],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            text=True,
-            errors='replace')
-        for line in proc.stdout:
-            log.write(line)
-            status = progress(line) if progress else None
-            if status and status != last_shown:
-                now = time.time()
-                # on a terminal: one live line; in CI logs: one line / 30 s
-                if tty:
-                    print(f'\r[setup]   {status}', end='', flush=True)
-                elif now - last_time > 30:
-                    say(f'  {status}')
-                    last_time = now
-                last_shown = status
-        code = proc.wait()
-    if tty and last_shown:
-        print()
-    if code != 0:
-        tail = log_path.read_text().splitlines()[-40:]
-        raise StepFailed(f'step "{step}" failed (exit {code}). Last lines:\n' +
-                         '\n'.join(tail) + f'\nFull log: {log_path}')
-    return log_path
-
-
-def pip(step, *args, env=None, progress=None):
-    return run(
-        step, [venv_python(), '-m', 'pip', 'install', '--progress-bar', 'off',
-               *args],
-        env=env,
-        progress=progress or pip_progress)
-
-
-def pip_progress(line):
-    m = re.match(r'\s*(Collecting|Downloading|Installing collected) ?(\S*)',
-                 line)
-    if m:
-        return f'{m.group(1).lower()} {m.group(2)}'.strip()
-    return None
-
-
-def probe(code):
-    """Run ``code`` in the venv's Python; return its stdout or None."""
-    res = subprocess.run([venv_python(), '-c', code],
-                         capture_output=True,
-                         text=True)
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
-def step_venv():
-    if venv_python().exists():
+def step_venv(target: Target, keep_torch: bool):
+    if target.venv is None:
         return
-    say(f'creating virtual environment {VENV}')
-    run('venv', [sys.executable, '-m', 'venv', VENV])
+    if keep_torch:
+        own_torch.make_venv(target)
+    elif not target.python.exists():
+        say(f'creating virtual environment {target.venv}')
+        run(target, 'venv', [sys.executable, '-m', 'venv', target.venv])
 
 
-def step_torch(p):
+def step_torch(target: Target, p, keep_torch: bool, house):
+    tools = [f"setuptools=={p['setuptools']}", f"wheel=={p['wheel']}",
+             f"ninja=={p['ninja']}"]
+    if keep_torch:
+        # mmcv's build needs these in the target, without build isolation
+        have = json.loads(probe(target.python, HAVE) or '{}')
+        missing = [t for t in tools
+                   if have.get(t.split('==')[0]) != t.split('==')[1]]
+        if missing:
+            pip(target, 'build-tools', *missing, wheelhouse=house)
+        return
     want = f"{p['torch']} {p['torchvision']}"
-    have = probe('import torch, torchvision; '
+    have = probe(target.python,
+                 'import torch, torchvision; '
                  'print(torch.__version__.split("+")[0], '
                  'torchvision.__version__.split("+")[0])')
     if have == want:
         return
     say(f"installing torch {p['torch']} and torchvision {p['torchvision']} "
         '(several GB with the CUDA runtime libraries; about a minute)')
-    pip('torch', f"torch=={p['torch']}", f"torchvision=={p['torchvision']}",
-        f"setuptools=={p['setuptools']}", f"wheel=={p['wheel']}",
-        f"ninja=={p['ninja']}", f"numpy=={p['numpy']}")
+    pip(target, 'torch', f"torch=={p['torch']}",
+        f"torchvision=={p['torchvision']}", *tools, f"numpy=={p['numpy']}",
+        wheelhouse=house)
 
 
-def mmcv_build_key(p):
-    """The cache key: mmcv, torch, CUDA (and whether CUDA ops), Python."""
-    info = probe(
-        'import os, shutil, sys, torch; '
-        'cuda_ops = torch.cuda.is_available() and '
-        '(shutil.which("nvcc") is not None '
-        'or bool(os.environ.get("CUDA_HOME")));'
-        'print(torch.__version__, torch.version.cuda or "none", '
-        '"cuda" if cuda_ops else "cpu", '
-        '"%d%d" % sys.version_info[:2])')
-    if info is None:
-        raise StepFailed('step "mmcv" failed: torch does not import in the '
-                         f'venv; run {venv_python()} -c "import torch"')
-    torch_v, cuda_v, ops, py = info.split()
-    torch_v = torch_v.replace('+', '_')
-    key = f"mmcv-{p['mmcv']}_torch-{torch_v}_cu-{cuda_v}_{ops}ops_py{py}"
-    return key, ops == 'cuda'
-
-
-def compile_progress(line):
-    m = re.match(r'\[(\d+)/(\d+)\]', line.strip())
-    if m:
-        done, total = int(m.group(1)), int(m.group(2))
-        return f'compiling mmcv ops: {done}/{total} ({100 * done // total}%)'
-    return None
-
-
-def step_mmcv(p, force):
-    key, cuda_ops = mmcv_build_key(p)
-    installed = probe('import mmcv; from mmcv.ops import nms; '
+def step_mmcv(target: Target, p, force: bool, house, manifest):
+    build = mmcv_build.plan(target, p['mmcv'])
+    installed = probe(target.python, 'import mmcv; from mmcv.ops import nms; '
                       'print(mmcv.__version__)')
     if installed == p['mmcv'] and not force:
         return
-    cache_dir = CACHE / 'wheels' / key
-    wheels = sorted(cache_dir.glob('mmcv-*.whl'))
-    if wheels and not force:
-        say(f'installing cached mmcv wheel {wheels[-1]}')
-        pip('mmcv-install', '--no-deps', '--force-reinstall', wheels[-1])
-        return
-    jobs = os.environ.get('MAX_JOBS', str(os.cpu_count() or 2))
-    say(f"compiling mmcv {p['mmcv']} with {'CUDA' if cuda_ops else 'CPU'} "
-        f'ops against this torch, {jobs} jobs (about 10 minutes on 2 cores '
-        'for CPU ops, much longer with CUDA ops); the wheel is cached as '
-        f'{cache_dir}')
-    env = dict(os.environ, MMCV_WITH_OPS='1', MAX_JOBS=jobs,
-               FORCE_CUDA='1' if cuda_ops else '0')
-    if not cuda_ops:
-        env['CUDA_VISIBLE_DEVICES'] = ''
-    with tempfile.TemporaryDirectory(prefix='mmcv-build-') as tmp:
-        run('mmcv-build', [
-            venv_python(), '-m', 'pip', 'wheel', '-v', '--no-deps',
-            '--no-build-isolation', '--no-binary', 'mmcv', '-w', tmp,
-            f"mmcv=={p['mmcv']}"
-        ],
-            env=env,
-            progress=compile_progress)
-        built = sorted(Path(tmp).glob('mmcv-*.whl'))
-        if not built:
-            raise StepFailed('step "mmcv-build" produced no wheel; see '
-                             f'{LOG_DIR / "mmcv-build.log"}')
-        # write under a temporary name, then rename: an interrupted copy never
-        # looks like a valid cached wheel
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache_dir / (built[0].name + '.partial')
-        shutil.copy2(built[0], partial)
-        partial.rename(cache_dir / built[0].name)
-        wheel = cache_dir / built[0].name
-    pip('mmcv-install', '--no-deps', '--force-reinstall', wheel)
+    cache_dir = target.cache / 'wheels' / build.key
+    wheel = None
+    if manifest and not force:
+        wheel = wheelhouse.cached_build(house, manifest, build.key)
+        if wheel:
+            say(f'installing the wheelhouse\'s compiled mmcv {wheel}')
+    if wheel is None and not force:
+        wheel = mmcv_build.verified(cache_dir) if cache_dir.is_dir() else None
+        if wheel:
+            say(f'installing cached mmcv wheel {wheel}')
+            if house:
+                wheelhouse.add_build(house, build.key, wheel)
+    if wheel is None:
+        with tempfile.TemporaryDirectory(prefix='mmcv-build-') as tmp:
+            built = mmcv_build.build(target, build, p['mmcv'],
+                                     p['setuptools'], house,
+                                     Path(tmp))
+            # a partial build never lands in the cache: copied, then renamed
+            wheel = mmcv_build.store(built, cache_dir)
+        say(f'mmcv wheel cached as {wheel}')
+        if house:
+            wheelhouse.add_build(house, build.key, wheel)
+    pip(target, 'mmcv-install', '--no-deps', '--force-reinstall', wheel,
+        wheelhouse=house)
 
 
-def step_packages():
+def step_packages(target: Target, p, keep_torch: bool, torchvision_ok: bool,
+                  house):
+    have = json.loads(probe(target.python, HAVE) or '{}')
+    chosen = select(p, keep_torch, have, torchvision_ok)
+    for name, version in sorted(chosen.kept.items()):
+        if keep_torch and version != p.get(name):
+            say(f'using the environment\'s {name} {version} (our pin: '
+                f'{p[name]})')
+    for name, why in sorted(chosen.left_out.items()):
+        if name != 'mmcv':
+            say(f'leaving out {name}: {why}')
+    pinned = dict(chosen.install, mmcv=p['mmcv'])
+    pinned.update({n: v for n, v in chosen.kept.items() if p.get(n) == v})
+    target.logs.mkdir(parents=True, exist_ok=True)
+    reqs = target.logs / 'requirements-selected.txt'
+    reqs.write_text(''.join(f'{n}=={v}\n' for n, v in chosen.install.items()))
+    constraints = target.logs / 'constraints.txt'
+    constraints.write_text(''.join(f'{n}=={v}\n' for n, v in pinned.items()))
     say('installing OpenMMLab (mmengine, mmdet, mmsegmentation, mmpretrain), '
         'pycocotools, openmim, pytest and convnext_mm (editable)')
-    pip('packages', '-r', REQUIREMENTS, '-c', REQUIREMENTS, '-e', ROOT)
+    pip(target, 'packages', '-r', reqs, '-c', constraints,
+        '--no-build-isolation', '-e', ROOT, wheelhouse=house)
 
 
-CHECK = '''
-import torch, torchvision, mmcv, mmengine, mmdet, mmseg, mmpretrain
-from mmcv.ops import nms
-import convnext_mm
-print(f"torch {torch.__version__} "
-      f"(CUDA available: {torch.cuda.is_available()}), "
-      f"torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
-      f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
-      f"mmseg {mmseg.__version__}, mmpretrain {mmpretrain.__version__}")
-'''
-
-
-def fingerprint():
-    digest = hashlib.sha256()
-    for path in (REQUIREMENTS, ROOT / 'setup.py', Path(__file__)):
+def fingerprint(mode: str):
+    digest = hashlib.sha256(mode.encode())
+    for path in (REQUIREMENTS, ROOT / 'setup.py', Path(__file__),
+                 *sorted(Path(__file__).parent.glob('installer/*.py'))):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--force', action='store_true',
                         help='redo every step, rebuilding mmcv')
-    args = parser.parse_args()
+    parser.add_argument('--keep-torch', action='store_true',
+                        help='use the torch (and torchvision) this Python '
+                        'has: a --system-site-packages venv')
+    parser.add_argument('--no-venv', action='store_true',
+                        help='with --keep-torch: install into this Python '
+                        'itself, no venv')
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument('--wheelhouse', type=Path, metavar='DIR',
+                       help='collect every file the set-up needs into DIR '
+                       '(connected machine), with a manifest')
+    where.add_argument('--offline', type=Path, metavar='DIR',
+                       help='set up from the wheelhouse DIR alone, never '
+                       'touching the network')
+    parser.add_argument('--python', metavar='3.X',
+                        help='with --wheelhouse: the target Python')
+    parser.add_argument('--platform', metavar='TAG',
+                        help='with --wheelhouse: the target platform tag, '
+                        'e.g. manylinux_2_28_x86_64')
+    parser.add_argument('--skip-installed', type=Path, metavar='FREEZE',
+                        help='with --wheelhouse: `pip freeze` of the target; '
+                        'what it has is left out')
+    args = parser.parse_args(argv)
+    if not args.wheelhouse and (args.python or args.platform
+                                or args.skip_installed):
+        raise Refused('--python, --platform and --skip-installed describe '
+                      'the target of --wheelhouse DIR; add --wheelhouse')
+    if args.no_venv and not args.keep_torch:
+        raise Refused('--no-venv installs into this Python\'s own packages '
+                      'and is for --keep-torch; add --keep-torch, or drop '
+                      '--no-venv for a venv with our torch')
+    if args.python and not all(x.isdigit() for x in args.python.split('.')):
+        raise Refused(f'--python {args.python}: give a version like 3.12')
+    if args.skip_installed and not args.skip_installed.is_file():
+        raise Refused(f'--skip-installed {args.skip_installed}: no such file; '
+                      'make it on the target with python -m pip freeze > '
+                      'FILE')
+    return args
+
+
+def main(argv=None):
     if sys.version_info < (3, 9):
-        sys.exit('[setup] Python >= 3.9 is needed to run the installer')
-    if STAMP.exists() and STAMP.read_text() == fingerprint() and \
-            not args.force and probe(CHECK) is not None:
-        say(f'environment {VENV} is up to date')
-        return
-    start = time.time()
-    p = pins()
+        sys.exit('error: Python >= 3.9 is needed to run the installer')
     try:
-        STAMP.unlink(missing_ok=True)
-        step_venv()
-        step_torch(p)
-        step_mmcv(p, args.force)
-        step_packages()
-        versions = probe(CHECK)
+        args = parse_args(argv)
+        target = Target.from_environ(no_venv=args.no_venv)
+        p = pins()
+        if args.wheelhouse:
+            start = time.time()
+            wheelhouse.collect(args.wheelhouse.resolve(), target, args.python,
+                               args.platform, args.keep_torch,
+                               args.skip_installed)
+            say(f'done in {time.time() - start:.0f} s')
+            return
+        house = args.offline.resolve() if args.offline else None
+        manifest = wheelhouse.check(house, wheelhouse.this_python(),
+                                    args.keep_torch) if house else None
+        info = own_torch.check(sys.executable, p['torch']) \
+            if args.keep_torch else {}
+        torchvision_ok = not args.keep_torch or 'torchvision' in info
+        check = check_code(torchvision_ok)
+        mode = f'keep_torch={args.keep_torch} no_venv={args.no_venv}'
+        stamp = (target.venv or target.cache) / '.convnext_mm_setup'
+        if stamp.exists() and stamp.read_text() == fingerprint(mode) and \
+                not args.force and probe(target.python, check) is not None:
+            say(f'environment {target.venv or target.python} is up to date')
+            return
+        start = time.time()
+        if args.keep_torch:
+            own_torch.report(info)
+        stamp.unlink(missing_ok=True)
+        step_venv(target, args.keep_torch)
+        step_torch(target, p, args.keep_torch, house)
+        step_mmcv(target, p, args.force, house, manifest)
+        step_packages(target, p, args.keep_torch, torchvision_ok, house)
+        versions = probe(target.python, check)
         if versions is None:
-            run('check', [venv_python(), '-c', CHECK])
+            run(target, 'check', [target.python, '-c', check])
+    except Refused as err:
+        sys.exit(f'error: {err}')
     except StepFailed as err:
         sys.exit(f'[setup] ERROR: {err}')
-    STAMP.write_text(fingerprint())
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint(mode))
     say(versions)
-    say(f'done in {time.time() - start:.0f} s; activate with '
-        f'`source {VENV}/bin/activate`')
+    say(f'done in {time.time() - start:.0f} s' +
+        (f'; activate with `source {target.venv}/bin/activate`'
+         if target.venv else ''))
 
 
 if __name__ == '__main__':

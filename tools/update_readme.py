@@ -45,14 +45,32 @@ def run(command: str) -> str:
     if res.returncode != 0:
         raise SystemExit(f'error: {command} failed (exit {res.returncode}):'
                          f'\n{(res.stdout + res.stderr)[-2000:]}')
+    return '\n'.join(markdown(res.stdout)) + '\n'
+
+
+SEPARATOR = re.compile(r'^\|(\s*:?-+:?\s*\|)+\s*$')
+
+
+def markdown(output: str):
+    """The markdown tables (a header, a ``|---|`` row, rows) and list items
+    of ``output``, in order, a blank line between a list and a table. Other
+    ``|`` lines (the prettytable boxes mmseg logs) are not markdown."""
+    groups, run_ = [], []
+    for line in output.splitlines() + ['']:
+        kind = line[:1] if line.startswith(('|', '- ')) else ''
+        if run_ and kind != run_[0][:1]:
+            is_table = run_[0].startswith('|')
+            if not is_table or (len(run_) > 1 and SEPARATOR.match(run_[1])):
+                groups.append(run_)
+            run_ = []
+        if kind:
+            run_.append(line)
     lines = []
-    for line in res.stdout.splitlines():
-        if not line.startswith(('|', '- ')):
-            continue
-        if lines and lines[-1][:1] != line[:1]:
+    for group in groups:
+        if lines and lines[-1][:1] != group[0][:1]:
             lines.append('')  # a list and a table stay apart
-        lines.append(line)
-    return '\n'.join(lines) + '\n'
+        lines.extend(group)
+    return lines
 
 
 def regenerate(text: str, only: str = None) -> str:

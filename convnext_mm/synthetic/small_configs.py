@@ -41,6 +41,9 @@ def short_schedule(cfg, work_dir, max_iters, ckpt_interval, lr,
         dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
              end=min(20, max(max_iters // 10, 3)))
     ]
+    # as mmdet's and mmseg's iteration-based configs: the epoch-based
+    # sampler makes mmengine's loop sleep 2 s at every pass over the data
+    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
     cfg.optim_wrapper.optimizer.lr = lr
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
                                         interval=ckpt_interval,
@@ -55,18 +58,29 @@ def short_schedule(cfg, work_dir, max_iters, ckpt_interval, lr,
 
 def small_det_config(leaf, data, work_dir, max_iters=10, ckpt_interval=5,
                      lr=2e-3, score_thr=0., tta_single_view=False,
-                     log_interval=1) -> Config:
+                     log_interval=1, width=128) -> Config:
     """``configs/<leaf>.py`` (a COCO config) on ``make_coco_instances`` data
-    (``data['train']``, ``data['val']``), scaled to 128x160 images."""
+    (``data['train']``, ``data['val']``), scaled to 128x160 images, with
+    FPN and heads ``width`` channels wide (256 in the released configs)."""
     scale = 0.2
     cfg = Config.fromfile(str(CONFIG_DIR / f'{leaf}.py'))
     model = cfg.model
     model.backbone.update(arch='atto', drop_path_rate=0.1, init_cfg=None)
-    model.neck.in_channels = ATTO_CHANNELS
-    heads = model.roi_head.bbox_head
+    model.neck.update(in_channels=ATTO_CHANNELS, out_channels=width)
+    # slim heads, as the segmentation configs get: half the FPN width halves
+    # the cost of RoIAlign and of the heads, which dominate at this size
+    model.rpn_head.update(in_channels=width, feat_channels=width)
+    roi = model.roi_head
+    roi.bbox_roi_extractor.out_channels = width
+    roi.mask_roi_extractor.out_channels = width
+    heads = roi.bbox_head
     for head in heads if isinstance(heads, list) else [heads]:
-        head.num_classes = len(SHAPE_CLASSES)
-    model.roi_head.mask_head.num_classes = len(SHAPE_CLASSES)
+        head.update(num_classes=len(SHAPE_CLASSES), in_channels=width,
+                    fc_out_channels=4 * width)
+        if 'conv_out_channels' in head:  # Cascade's 4-conv box heads
+            head.conv_out_channels = width
+    roi.mask_head.update(num_classes=len(SHAPE_CLASSES), in_channels=width,
+                         conv_out_channels=width)
     # 1-3 objects per small image: fewer proposals and RoI samples keep the
     # CPU run short
     model.test_cfg.rpn.nms_pre = model.test_cfg.rpn.max_per_img = 200
