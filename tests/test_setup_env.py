@@ -269,3 +269,27 @@ def test_a_compiled_wheel_goes_back_into_the_wheelhouse(tmp_path,
     monkeypatch.setattr(wheelhouse, 'store', read_only)
     wheelhouse.add_build(house, 'mmcv-2.1.0_key2_py311', built)
     assert json.loads((house / 'manifest.json').read_text()) == manifest
+
+
+def test_no_venv_sets_up_this_python_itself(setup_env, monkeypatch,
+                                            tmp_path):
+    seen = {}
+    monkeypatch.setattr(setup_env.own_torch, 'check', lambda python, pin: {
+        'torch': '2.11.0', 'cuda': None, 'where': '/opt/torch',
+        'torchvision': '0.26.0'})
+    monkeypatch.setattr(setup_env.own_torch, 'make_venv',
+                        lambda target: seen.setdefault('venv', target))
+    for step in ('step_torch', 'step_mmcv', 'step_packages'):
+        monkeypatch.setattr(setup_env, step,
+                            lambda target, *a, step=step: seen.setdefault(
+                                step, target))
+    monkeypatch.setattr(setup_env, 'probe', lambda python, code: 'versions')
+    setup_env.main(['--keep-torch', '--no-venv'])
+    assert 'venv' not in seen  # no venv is made
+    for step in ('step_torch', 'step_mmcv', 'step_packages'):
+        assert seen[step].python == Path(sys.executable)
+        assert seen[step].venv is None
+    # logs and the up-to-date stamp live in the cache, not in a venv
+    assert seen['step_torch'].logs == tmp_path / 'cache' / 'logs'
+    assert (tmp_path / 'cache' / '.convnext_mm_setup').exists()
+    assert not (tmp_path / 'venv').exists()
