@@ -90,6 +90,21 @@ def test_training_checkpoint_loads_with_all_its_state(training_checkpoint):
     assert dict(milestones) == {3: 1, 5: 1}
 
 
+def test_torch_2_4_without_scoped_allowlists_loads_and_restores(
+        training_checkpoint, monkeypatch):
+    # torch 2.4 (the oldest --keep-torch accepts) has add_safe_globals but
+    # not the safe_globals context manager
+    monkeypatch.delattr(torch.serialization, 'safe_globals')
+    before = torch.serialization.get_safe_globals()
+    ckpt = safe_torch_load(training_checkpoint)
+    assert ckpt['meta']['iter'] == 4
+    assert len(ckpt['message_hub']['log_scalars']['train/loss'].data[0]) == 4
+    # the process-wide allowlist is as it was
+    assert torch.serialization.get_safe_globals() == before
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(training_checkpoint)
+
+
 def test_mmengine_load_checkpoint_and_resume(training_checkpoint, tmp_path):
     model = ToyModel()
     load_checkpoint(model, str(training_checkpoint))

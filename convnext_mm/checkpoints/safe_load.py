@@ -25,6 +25,7 @@ loading through :mod:`.files` (which sends torch files here and reads
 safetensors without pickle), so ``load_from``, ``--resume``, ``init_cfg`` and
 the tools all load safely.
 """
+import contextlib
 import os
 import os.path as osp
 import pickle
@@ -129,6 +130,25 @@ def _extra_globals():
 
 
 _EXTRA = None
+
+
+@contextlib.contextmanager
+def _allowing(extra):
+    """``torch.serialization.safe_globals(extra)`` (torch >= 2.5); on torch
+    2.4, which has only the process-wide allowlist, the same by adding to it
+    and restoring it afterwards (callers hold ``_LOCK``)."""
+    scoped = getattr(torch.serialization, 'safe_globals', None)
+    if scoped is not None:
+        with scoped(extra):
+            yield
+        return
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(extra)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
 _LOCK = threading.Lock()
 _TORCH_DETAIL = re.compile(r'WeightsUnpickler error:\s*(.*)', re.S)
 _GLOBAL = re.compile(
@@ -192,7 +212,7 @@ def safe_torch_load(file, map_location=None):
         if _EXTRA is None:
             _EXTRA = _extra_globals()
         try:
-            with torch.serialization.safe_globals(_EXTRA):
+            with _allowing(_EXTRA):
                 return torch.load(
                     file, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:

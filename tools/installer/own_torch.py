@@ -9,8 +9,8 @@ from typing import Dict
 
 from .common import Refused, Target, probe, run, say
 
-# the oldest torch we support: torch.export / torch.compile paths and the
-# weights_only loader the checkpoints rely on are all there from 2.4
+# the oldest torch we support: the first with the weights_only allowlist
+# (add_safe_globals) that convnext_mm.checkpoints loads mmengine files with
 OLDEST = (2, 4)
 
 PROBE = r'''
