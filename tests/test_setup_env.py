@@ -293,3 +293,20 @@ def test_no_venv_sets_up_this_python_itself(setup_env, monkeypatch,
     assert seen['step_torch'].logs == tmp_path / 'cache' / 'logs'
     assert (tmp_path / 'cache' / '.convnext_mm_setup').exists()
     assert not (tmp_path / 'venv').exists()
+
+
+def test_a_manylinux_target_takes_every_older_manylinux_wheel():
+    from installer.wheelhouse import platform_tags, target_args
+    tags = platform_tags('manylinux_2_28_x86_64')
+    assert tags[0] == 'manylinux_2_28_x86_64'
+    # e.g. ninja ships manylinux2014 (glibc 2.17) wheels only
+    for older in ('manylinux_2_17_x86_64', 'manylinux2014_x86_64',
+                  'manylinux2010_x86_64', 'manylinux1_x86_64'):
+        assert older in tags
+    assert 'manylinux_2_29_x86_64' not in tags
+    assert platform_tags('macosx_11_0_arm64') == ['macosx_11_0_arm64']
+    args = target_args('3.12', 'manylinux_2_17_aarch64')
+    assert args[:4] == ['--python-version', '3.12', '--implementation', 'cp']
+    assert args[-1] == '--only-binary=:all:'
+    assert args.count('--platform') == len(
+        platform_tags('manylinux_2_17_aarch64'))

@@ -28,11 +28,28 @@ def target_args(python: Optional[str], platform: Optional[str]) -> List[str]:
     args = []
     if python:
         args += ['--python-version', python, '--implementation', 'cp']
-    if platform:
-        args += ['--platform', platform]
+    for tag in platform_tags(platform) if platform else []:
+        args += ['--platform', tag]
     if python or platform:
         args += ['--only-binary=:all:']
     return args
+
+
+def platform_tags(platform: str) -> List[str]:
+    """``manylinux_2_28_x86_64`` -> itself and every older manylinux tag a
+    glibc 2.28 machine also runs (pip takes ``--platform`` literally), the
+    legacy aliases included; any other tag as it is."""
+    m = re.fullmatch(r'manylinux_(\d+)_(\d+)_(\w+)', platform)
+    if not m or m.group(1) != '2':
+        return [platform]
+    glibc, arch = int(m.group(2)), m.group(3)
+    aliases = {17: 'manylinux2014', 12: 'manylinux2010', 5: 'manylinux1'}
+    tags = []
+    for minor in range(glibc, 4, -1):
+        tags.append(f'manylinux_2_{minor}_{arch}')
+        if minor in aliases:
+            tags.append(f'{aliases[minor]}_{arch}')
+    return tags
 
 
 def is_torch_family(name: str) -> bool:
@@ -108,10 +125,12 @@ def collect(folder: Path, target: Target, python: Optional[str],
                                  if v and not is_torch_family(n)
                                  and n not in chosen.install))
         report_path = Path(tmp, 'report.json')
+        # pip takes another platform's options only with --target (nothing
+        # is installed there: --dry-run)
         _pip([
-            'install', '--dry-run', '--ignore-installed', '--quiet',
+            'install', '--dry-run', '--ignore-installed',
             '--report', report_path, *(extra or ['--only-binary=:all:']),
-            '-r', reqs, '-c', fixed
+            '--target', Path(tmp, 'target'), '-r', reqs, '-c', fixed
         ], 'wheelhouse-resolve', target)
         report = json.loads(report_path.read_text())
     # what the target has stays, unless we replace it with our pin
