@@ -105,6 +105,8 @@ def step_torch(target: Target, p, keep_torch: bool, house):
 
 def step_mmcv(target: Target, p, force: bool, house, manifest):
     build = mmcv_build.plan(target, p['mmcv'])
+    if build.note:  # a GPU that mmcv's ops will not run on
+        say(build.note)
     installed = probe(target.python, 'import mmcv; from mmcv.ops import nms; '
                       'print(mmcv.__version__)')
     if installed == p['mmcv'] and not force:

@@ -130,6 +130,13 @@ def _extra_globals():
 
 
 _EXTRA = None
+_LOCK = threading.Lock()
+_TORCH_DETAIL = re.compile(r'WeightsUnpickler error:\s*(.*)', re.S)
+_GLOBAL = re.compile(
+    r'GLOBAL (\S+) (?:was not an allowed global|whose module)')
+_RESAVE = ('If you trust the file, re-save it once: python -c "import torch; '
+           'torch.save(torch.load(\'OLD\', weights_only=False), \'NEW\')" '
+           'and load NEW')
 
 
 @contextlib.contextmanager
@@ -149,13 +156,6 @@ def _allowing(extra):
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(before)
-_LOCK = threading.Lock()
-_TORCH_DETAIL = re.compile(r'WeightsUnpickler error:\s*(.*)', re.S)
-_GLOBAL = re.compile(
-    r'GLOBAL (\S+) (?:was not an allowed global|whose module)')
-_RESAVE = ('If you trust the file, re-save it once: python -c "import torch; '
-           'torch.save(torch.load(\'OLD\', weights_only=False), \'NEW\')" '
-           'and load NEW')
 
 
 def _refusal(err: Exception, where: str) -> UnsafeCheckpointError:

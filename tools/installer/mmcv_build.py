@@ -31,7 +31,6 @@ class Build(NamedTuple):
     """What the compiled wheel depends on, and its cache key."""
     key: str
     cuda_arch: Optional[str]  # TORCH_CUDA_ARCH_LIST for CUDA ops, or None
-    python: str  # '312'
     note: str  # why CPU ops, when a GPU was there to use
 
 
@@ -137,11 +136,16 @@ def plan(target: Target, mmcv_version: str) -> Build:
     ops = f'cudaops-{arch_tag(arch)}' if arch else 'cpuops'
     key = (f'mmcv-{mmcv_version}_torch-{torch_v}_cu-{cuda or "none"}_{ops}'
            f'_py{info["py"]}')
-    return Build(key, arch, info['py'], note)
+    return Build(key, arch, note)
 
 
 def record_path(wheel: Path) -> Path:
     return wheel.with_name(wheel.name + '.sha256')
+
+
+def recorded(wheel: Path) -> str:
+    """The SHA-256 recorded beside a stored wheel."""
+    return record_path(wheel).read_text().split()[0]
 
 
 def verified(folder: Path) -> Optional[Path]:
@@ -151,7 +155,7 @@ def verified(folder: Path) -> Optional[Path]:
     for wheel in sorted(folder.glob('mmcv-*.whl')):
         record = record_path(wheel)
         if record.exists():
-            if record.read_text().split()[0] == sha256(wheel):
+            if recorded(wheel) == sha256(wheel):
                 return wheel
             say(f'cached {wheel} does not match its recorded SHA-256; '
                 'removing it and building again')
@@ -229,8 +233,6 @@ def build(target: Target, build_: Build, version: str, setuptools: str,
     say(f'compiling mmcv {version} with {kind} against this torch, {jobs} '
         'jobs (about 10 minutes on 2 cores for CPU ops, much longer with '
         'CUDA ops)')
-    if build_.note:
-        say(build_.note)
     env = dict(os.environ if wheelhouse is None else offline_env(wheelhouse),
                MMCV_WITH_OPS='1', MAX_JOBS=jobs)
     if build_.cuda_arch:

@@ -2,12 +2,11 @@
 cluster module, an NGC or vendor container) instead of installing ours."""
 import json
 import site
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
-from .common import Refused, Target, probe, run, say
+from .common import Refused, StepFailed, Target, probe, run, say
 
 # the oldest torch we support: the first with the weights_only allowlist
 # (add_safe_globals) that convnext_mm.checkpoints loads mmengine files with
@@ -98,10 +97,10 @@ def make_venv(target: Target):
     if sys.prefix == sys.base_prefix:
         return
     parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    purelib = subprocess.run(
-        [str(target.python), '-c',
-         'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-        capture_output=True, text=True, check=True).stdout.strip()
+    purelib = probe(target.python, 'import sysconfig; '
+                    'print(sysconfig.get_paths()["purelib"])')
+    if purelib is None:
+        raise StepFailed(f'step "venv" failed: {target.python} does not run')
     # addsitedir also runs the parent's own .pth files (editable installs,
     # namespace packages), which a plain path line would not
     lines = [f'import site; site.addsitedir({p!r})' for p in parents]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from .common import Refused, Target, normalise, pins, run, say, sha256
-from .mmcv_build import download_source, store, verified
+from .mmcv_build import download_source, recorded, store, verified
 from .selection import BUILD_TOOLS, TORCH, parse_freeze, select
 
 MANIFEST = 'manifest.json'
@@ -146,14 +146,15 @@ def collect(folder: Path, target: Target, python: Optional[str],
     download_source(target, p['mmcv'], p['setuptools'], folder,
                     python=sys.executable)
     builds = reuse_cached_builds(folder, target.cache, py, p['mmcv'])
+    files = describe(folder)
     write_manifest(folder, dict(
         format=1, python=py, platform=platform or sysconfig.get_platform(),
         keep_torch=keep_torch,
         requirements=[f'{n}=={v}' for n, v in chosen.install.items()],
         left_to_target=chosen.kept, mmcv=p['mmcv'],
-        mmcv_source=f'mmcv-{p["mmcv"]}.tar.gz', files=describe(folder)))
-    size = sum(f.stat().st_size for f in folder.rglob('*') if f.is_file())
-    say(f'wheelhouse ready: {len(describe(folder))} files, '
+        mmcv_source=f'mmcv-{p["mmcv"]}.tar.gz', files=files))
+    size = sum(entry['size'] for entry in files.values())
+    say(f'wheelhouse ready: {len(files)} files, '
         f'{size / 2**20:.0f} MiB, {builds} compiled mmcv wheel(s); copy '
         f'{folder} to the nodes and run python3 tools/setup_env.py '
         f'--offline {folder}' + (' --keep-torch' if keep_torch else ''))
@@ -243,7 +244,7 @@ def add_build(folder: Path, key: str, wheel: Path):
         stored = store(wheel, folder / BUILDS / key)
         manifest = json.loads((folder / MANIFEST).read_text())
         manifest['files'][str(stored.relative_to(folder))] = dict(
-            sha256=sha256(stored), size=stored.stat().st_size)
+            sha256=recorded(stored), size=stored.stat().st_size)
         write_manifest(folder, manifest)
     except OSError as err:
         say(f'could not write the compiled mmcv wheel into {folder} '
