@@ -10,31 +10,12 @@ import pytest
 import torch
 
 from convnext_mm.checkpoints import safe_torch_load
-from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
 from tool_utils import dumped, metric, run_tool, train_losses
 
 pytestmark = pytest.mark.slow
 
 LEAF = 'upernet_convnext_t_ade20k'
-
-
-@pytest.fixture(scope='module')
-def ade(tmp_path_factory):
-    return make_ade20k(tmp_path_factory.mktemp('shapes_ade'))
-
-
-@pytest.fixture(scope='module')
-def trained_upernet(ade, tmp_path_factory):
-    work = tmp_path_factory.mktemp('runs') / 'upernet'
-    cfg = dumped(small_seg_config,
-                 LEAF,
-                 ade,
-                 work,
-                 max_iters=20,
-                 ckpt_interval=10)
-    _, out = run_tool('train.py', cfg)
-    return cfg, work, out
 
 
 def test_upernet_trains_with_the_released_recipe(trained_upernet):

@@ -1,0 +1,159 @@
+"""``tools/deploy.py``: export one of our COCO or ADE20K configs to ONNX,
+verify it in ONNX Runtime against PyTorch, and report."""
+import json
+import os
+import os.path as osp
+import platform
+import tempfile
+from typing import List, Optional
+
+import numpy as np
+
+from .. import launch
+from ..errors import user_errors
+from . import verify
+from .support import check_export_support
+
+ONNX_FILE = 'end2end.onnx'
+REPORT_FILE = 'export.json'
+# the image exported and verified on when none is given: a 480x640 scene
+# of the generated shapes, as large as a typical COCO or ADE20K photo
+DEFAULT_IMAGE_SIZE = (480, 640)
+
+
+def _check_out_dir(out: str) -> None:
+    if osp.exists(out) and not osp.isdir(out):
+        raise NotADirectoryError(f'--out {out} is a file; give a directory '
+                                 'for the ONNX file and its report')
+    if osp.isdir(out):
+        previous = sorted(f for f in os.listdir(out)
+                          if f.endswith('.onnx') or f == REPORT_FILE)
+        if previous:
+            raise FileExistsError(
+                f'--out {out} holds a previous export ({", ".join(previous)}'
+                f'); give a new directory, or move those files away first')
+
+
+def read_image(path: Optional[str]) -> np.ndarray:
+    """The image to export and verify on (BGR), refused in one line when
+    it cannot be read."""
+    import cv2
+    if path is None:
+        from ..synthetic.shapes import draw_scene
+        return draw_scene(np.random.default_rng(0), DEFAULT_IMAGE_SIZE)[0]
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'--image {path} does not exist')
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f'--image {path} is not an image OpenCV can read '
+                         '(give a JPEG, PNG, BMP or TIFF file)')
+    return image
+
+
+def check_request(args, cfg) -> None:
+    """Everything that can be refused before the model is built."""
+    check_export_support(cfg)
+    slide = (cfg.model.get('test_cfg') or {}).get('mode') == 'slide'
+    if args.dynamic and slide:
+        raise launch.ConfigError(
+            'the sliding-window test mode exports for one input size (its '
+            'window grid is unrolled): drop --dynamic, or export whole-image '
+            'inference with --cfg-options model.test_cfg.mode=whole')
+    if args.shape and min(args.shape) < 32:
+        raise ValueError(f'--shape {args.shape[0]} {args.shape[1]}: height '
+                         'and width must be at least 32 pixels')
+    if args.repeat < 1:
+        raise ValueError(f'--repeat {args.repeat}: give 1 or more runs')
+    _check_out_dir(args.out)
+
+
+def _classes(cfg) -> List[str]:
+    dataset = cfg.test_dataloader.dataset
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        from mmengine.registry import DATASETS, init_default_scope
+        init_default_scope(cfg.get('default_scope'))
+        cls = DATASETS.get(dataset.type)
+        classes = getattr(cls, 'METAINFO', {}).get('classes', ())
+    return list(classes)
+
+
+def _report(args, exported, opset, ops, rows, times, passed) -> dict:
+    from .export import output_names
+    cfg = exported.model_cfg
+    pre = cfg.model.data_preprocessor
+    shape = list(exported.graph_input.shape)
+    return dict(
+        config=args.config, checkpoint=args.checkpoint,
+        onnx=ONNX_FILE, opset=opset, ops=ops,
+        input=dict(name='input', shape=shape, dynamic_hw=bool(args.dynamic),
+                   mean=list(pre.mean), std=list(pre.std),
+                   bgr_to_rgb=bool(pre.get('bgr_to_rgb', False)),
+                   padded_by_graph_to=None if exported.segmentation else
+                   getattr(exported.model.data_preprocessor,
+                           'pad_size_divisor', 1)),
+        outputs=output_names(cfg), classes=_classes(cfg),
+        verification=[r._asdict() for r in rows], passed=passed,
+        latency_ms=dict(pytorch=1e3 * times[0], onnxruntime=1e3 * times[1]),
+        cpu=platform.processor() or platform.machine())
+
+
+def run(args) -> int:
+    """Export, verify, report; the exit code (0: verified, 1: not)."""
+    import torch
+
+    from .export import Exported, deploy_config, graph_ops
+    with user_errors():
+        cfg = launch.load_config(args.config, args.cfg_options)
+        check_request(args, cfg)
+        image = read_image(args.image)
+        model = launch.check_model(cfg, training=False)
+        launch.check_checkpoint_fits(model, args.checkpoint)
+        del model
+    deploy_cfg = deploy_config(cfg, args.dynamic, args.shape)
+    exported = Exported(cfg, deploy_cfg, args.checkpoint, image)
+    print(f'input: {tuple(exported.graph_input.shape)} (N, C, H, W; '
+          f'{"dynamic" if args.dynamic else "fixed"} height and width)',
+          flush=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    path = osp.join(args.out, ONNX_FILE)
+    with tempfile.TemporaryDirectory(dir=args.out,
+                                     prefix='.export-') as work:
+        partial = osp.join(work, ONNX_FILE)
+        exported.export(partial)
+        os.replace(partial, path)
+    opset, ops, custom = graph_ops(path)
+    print(f'wrote {path}: ONNX opset {opset}, {len(ops)} op types'
+          + (f', non-standard: {", ".join(custom)}' if custom else
+             ', all standard ONNX'), flush=True)
+
+    torch_run = exported.torch_predictor()
+    onnx_run = exported.onnx_predictor(path)
+    ours, theirs = torch_run(), onnx_run()
+    if exported.segmentation:
+        rows = verify.compare_labels(ours.pred_sem_seg.data,
+                                     theirs.pred_sem_seg.data)
+    else:
+        rows = verify.compare_detections(ours.pred_instances,
+                                         theirs.pred_instances,
+                                         exported.torch_candidates)
+    rows.append(verify.Row('standard ONNX ops only',
+                           'yes' if not custom else ', '.join(custom),
+                           'yes', not custom))
+    times = (verify.latency(torch_run, args.repeat),
+             verify.latency(onnx_run, args.repeat))
+    passed = all(r.ok for r in rows)
+    print(verify.table(rows))
+    threads = torch.get_num_threads()
+    print(f'CPU latency for this image (median of {args.repeat}, '
+          f'{threads} threads, after pre-processing): PyTorch '
+          f'{1e3 * times[0]:.0f} ms, ONNX Runtime {1e3 * times[1]:.0f} ms')
+    report = _report(args, exported, opset, ops, rows, times, passed)
+    with open(osp.join(args.out, REPORT_FILE), 'w') as f:
+        json.dump(report, f, indent=1)
+    print('verification passed' if passed else
+          'verification FAILED: ' + '; '.join(
+              f'{r.check} {r.value} (limit {r.limit})'
+              for r in rows if not r.ok))
+    return 0 if passed else 1

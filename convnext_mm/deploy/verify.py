@@ -1,0 +1,166 @@
+"""PyTorch against ONNX Runtime on the same pre-processed image: matched
+detections (class, box IoU, score, mask IoU) or agreeing pixel labels, and
+the CPU latency of each."""
+import statistics
+import time
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+
+SCORE_THR = 0.05
+MIN_BOX_IOU = 0.99
+MAX_SCORE_DIFF = 1e-3
+MIN_MASK_IOU = 0.98
+MIN_PIXEL_AGREEMENT = 0.999
+# equal scores: NMS keeps either of two overlapping boxes (torch's sort and
+# ONNX Runtime's order ties differently; two proposals that sample the same
+# feature cells get the same score and offsets). Accepted only where the
+# box ONNX kept is one PyTorch's NMS chose between, with that score.
+TIE = 1e-6
+
+
+class Row(NamedTuple):
+    check: str
+    value: str
+    limit: str
+    ok: bool
+
+
+def latency(run: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` runs after one warm-up run."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    union = area_a[:, None] + area_b[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 1.)
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.
+
+
+def _detections(instances) -> dict:
+    keep = (instances.scores > SCORE_THR).cpu().numpy()
+    out = dict(boxes=instances.bboxes.cpu().numpy()[keep],
+               scores=instances.scores.cpu().numpy()[keep],
+               labels=instances.labels.cpu().numpy()[keep])
+    if 'masks' in instances:
+        out['masks'] = instances.masks.cpu().numpy()[keep].astype(bool)
+    return out
+
+
+def _match(ref: dict, other: dict) -> List[Tuple[int, Optional[int]]]:
+    """Pair each detection of ``ref`` (best score first) with the unpaired
+    detection of ``other`` of its class with the highest box IoU."""
+    iou = _box_iou(ref['boxes'], other['boxes'])
+    free = np.ones(len(other['boxes']), dtype=bool)
+    pairs = []
+    for i in np.argsort(-ref['scores'], kind='stable'):
+        same = free & (other['labels'] == ref['labels'][i])
+        if not same.any():
+            pairs.append((int(i), None))
+            continue
+        j = int(np.argmax(np.where(same, iou[i], -1.)))
+        free[j] = False
+        pairs.append((int(i), j))
+    return pairs
+
+
+def _borderline(score: float) -> bool:
+    """A detection that one side may drop at the score threshold: within
+    the score tolerance of it."""
+    return score < SCORE_THR + MAX_SCORE_DIFF
+
+
+def _is_candidate(box, score, label, candidates) -> bool:
+    same = (candidates['labels'] == label) & (
+        np.abs(candidates['scores'] - score) <= TIE)
+    return bool(same.any()) and float(
+        _box_iou(box[None], candidates['boxes'][same]).max()) >= MIN_BOX_IOU
+
+
+def compare_detections(torch_instances, onnx_instances,
+                       torch_candidates: Optional[Callable[[], object]] = None
+                       ) -> List[Row]:
+    """The pass criteria of the issue: every detection above the score
+    threshold has a match of the same class (box IoU, score, mask IoU)
+    in the other, in both directions. ``torch_candidates`` gives PyTorch's
+    detections before NMS, to tell an NMS tie (see ``TIE``) from a moved
+    box; without it a tie counts as a moved box."""
+    ref, other = _detections(torch_instances), _detections(onnx_instances)
+    candidates = None
+    unmatched, ties = 0, set()
+    worst_iou, worst_mask, worst_score = 1., 1., 0.
+    for a, b, pairs in ((ref, other, _match(ref, other)),
+                        (other, ref, _match(other, ref))):
+        for i, j in pairs:
+            if j is None:
+                unmatched += not _borderline(a['scores'][i])
+                continue
+            iou = float(_box_iou(a['boxes'][i:i + 1], b['boxes'][j:j + 1])[0,
+                                                                         0])
+            diff = abs(float(a['scores'][i] - b['scores'][j]))
+            if iou < MIN_BOX_IOU and diff <= TIE and torch_candidates:
+                if candidates is None:
+                    candidates = _detections(torch_candidates())
+                k = j if a is ref else i  # the ONNX detection's index
+                if _is_candidate(other['boxes'][k], other['scores'][k],
+                                 other['labels'][k], candidates):
+                    ties.add(round(float(a['scores'][i]), 6))
+                    continue
+            worst_iou = min(worst_iou, iou)
+            worst_score = max(worst_score, diff)
+            if 'masks' in a:
+                worst_mask = min(worst_mask,
+                                 _mask_iou(a['masks'][i], b['masks'][j]))
+    rows = [
+        Row('detections above 0.05 (PyTorch / ONNX)',
+            f'{len(ref["scores"])} / {len(other["scores"])}', '', True),
+        Row('without a match', str(unmatched), '0', unmatched == 0),
+        Row('NMS ties (equal scores, the other box kept)', str(len(ties)),
+            '', True),
+        Row('lowest box IoU', f'{worst_iou:.4f}', f'>= {MIN_BOX_IOU}',
+            worst_iou >= MIN_BOX_IOU),
+        Row('largest score difference', f'{worst_score:.1e}',
+            f'<= {MAX_SCORE_DIFF:.0e}', worst_score <= MAX_SCORE_DIFF),
+    ]
+    if 'masks' in ref:
+        rows.append(Row('lowest mask IoU', f'{worst_mask:.4f}',
+                        f'>= {MIN_MASK_IOU}', worst_mask >= MIN_MASK_IOU))
+    return rows
+
+
+def compare_labels(torch_labels: torch.Tensor,
+                   onnx_labels: torch.Tensor) -> List[Row]:
+    """The share of pixels whose labels agree."""
+    same = float((torch_labels == onnx_labels).float().mean())
+    return [
+        Row('pixels', str(torch_labels.numel()), '', True),
+        Row('pixels with the same label', f'{100 * same:.3f}%',
+            f'>= {100 * MIN_PIXEL_AGREEMENT:.1f}%',
+            same >= MIN_PIXEL_AGREEMENT),
+    ]
+
+
+def table(rows: List[Row]) -> str:
+    """The rows as a markdown table."""
+    lines = ['| check | value | limit | |', '|---|---|---|---|']
+    for row in rows:
+        mark = ('ok' if row.ok else 'FAIL') if row.limit else ''
+        lines.append(f'| {row.check} | {row.value} | {row.limit} | {mark} |')
+    return '\n'.join(lines)

@@ -1,0 +1,212 @@
+"""tools/deploy.py: Mask R-CNN, Cascade Mask R-CNN and UperNet (sliding
+window and whole image) exported to ONNX from the trained tiny models and
+verified in ONNX Runtime; the verification's matching; the rewriters that
+fix mmdeploy; bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.structures import InstanceData
+
+from convnext_mm.deploy import verify
+from tool_utils import run_tool
+
+EXPECTED_OPS = {'LayerNormalization'}
+DET_OPS = {'RoiAlign', 'NonMaxSuppression'}
+
+
+def _deploy(cfg, ckpt, out, *options):
+    _, text = run_tool('deploy.py', cfg, ckpt, '--out', out, '--repeat', '1',
+                       *options)
+    report = json.loads((out / 'export.json').read_text())
+    assert 'verification passed' in text and report['passed'], text[-3000:]
+    assert report['opset'] == 17
+    assert 'all standard ONNX' in text
+    assert 'ONNX Runtime' in text and 'PyTorch' in text  # latency line
+    return text, report
+
+
+def _detections(report):
+    row = next(r for r in report['verification']
+               if r['check'].startswith('detections above'))
+    ours, theirs = (int(v) for v in row['value'].split(' / '))
+    assert ours == theirs
+    return ours
+
+
+@pytest.mark.slow
+def test_mask_rcnn_dynamic_export_verifies(trained_mask_rcnn, coco,
+                                           tmp_path):
+    cfg, work, _ = trained_mask_rcnn
+    image = coco['val']['data_root'] + 'val/val_00002.jpg'
+    text, report = _deploy(cfg, work / 'iter_16.pth', tmp_path / 'onnx',
+                           '--dynamic', '--image', image)
+    assert _detections(report) > 0
+    assert EXPECTED_OPS | DET_OPS <= set(report['ops'])
+    assert report['outputs'] == ['dets', 'labels', 'masks']
+    assert report['input']['dynamic_hw'] and report['classes']
+    assert 'dynamic height and width' in text
+
+
+@pytest.mark.slow
+def test_dynamic_graph_runs_other_sizes_like_pytorch(trained_mask_rcnn,
+                                                     coco, tmp_path):
+    """The dynamic graph, exported on one image, on images of other sizes
+    (one not a multiple of the pad divisor)."""
+    from mmengine.config import Config
+
+    from convnext_mm.deploy.export import Exported, deploy_config
+    cfg, work, _ = trained_mask_rcnn
+    cfg = Config.fromfile(str(cfg))
+    deploy = deploy_config(cfg, dynamic=True)
+    image = coco['val']['data_root'] + 'val/val_00001.jpg'
+    first = Exported(cfg, deploy, str(work / 'iter_16.pth'), image)
+    path = str(tmp_path / 'end2end.onnx')
+    first.export(path)
+    found = 0
+    for shape in ((200, 264), (150, 170)):
+        other = Exported(cfg, deploy_config(cfg, True, shape),
+                         str(work / 'iter_16.pth'), image)
+        assert tuple(other.graph_input.shape[2:]) == shape
+        rows = verify.compare_detections(
+            other.torch_predictor()().pred_instances,
+            other.onnx_predictor(path)().pred_instances)
+        assert all(r.ok for r in rows), verify.table(rows)
+        found += int(rows[0].value.split(' / ')[0])
+    assert found > 0
+
+
+@pytest.mark.slow
+def test_cascade_class_specific_static_export_verifies(
+        trained_cascade, coco, tmp_path):
+    cfg, work, _ = trained_cascade
+    image = coco['val']['data_root'] + 'val/val_00001.jpg'
+    text, report = _deploy(cfg, work / 'iter_20.pth', tmp_path / 'onnx',
+                           '--image', image)
+    assert _detections(report) > 0
+    assert EXPECTED_OPS | DET_OPS <= set(report['ops'])
+    assert 'fixed height and width' in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['slide', 'whole'])
+def test_upernet_export_verifies(trained_upernet, ade, tmp_path, mode):
+    cfg, work, _ = trained_upernet
+    image = sorted(
+        (Path(ade['data_root']) / 'images' / 'validation').glob('*.jpg'))[0]
+    # 64x64 windows with stride 42 over a 64x120 input: three windows
+    options = ['--shape', '64', '120'] if mode == 'slide' else [
+        '--dynamic', '--cfg-options', 'model.test_cfg.mode=whole'
+    ]
+    _, report = _deploy(cfg, work / 'iter_20.pth', tmp_path / 'onnx',
+                        '--image', image, *options)
+    assert report['outputs'] == ['seg_logits']
+    assert EXPECTED_OPS <= set(report['ops'])
+    pixels = next(r for r in report['verification']
+                  if r['check'] == 'pixels with the same label')
+    assert float(pixels['value'].rstrip('%')) >= 99.9
+
+
+def _instances(boxes, scores, labels):
+    return InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32),
+                        scores=torch.tensor(scores),
+                        labels=torch.tensor(labels))
+
+
+def _failed(rows):
+    return {r.check for r in rows if not r.ok}
+
+
+def test_matching_accepts_equal_and_refuses_moved_or_missing():
+    a = _instances([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.3], [0, 1])
+    assert not _failed(verify.compare_detections(a, a))
+    moved = _instances([[0, 0, 10, 10], [21, 20, 41, 40]], [0.9, 0.3],
+                       [0, 1])
+    assert _failed(verify.compare_detections(a, moved)) == {'lowest box IoU'}
+    rescored = _instances([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.302],
+                          [0, 1])
+    assert _failed(verify.compare_detections(a, rescored)) == {
+        'largest score difference'
+    }
+    relabelled = _instances([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.3],
+                            [0, 0])
+    assert 'without a match' in _failed(verify.compare_detections(
+        a, relabelled))
+    missing = _instances([[0, 0, 10, 10]], [0.9], [0])
+    assert _failed(verify.compare_detections(a, missing)) == {
+        'without a match'
+    }
+    # a detection at the score threshold may fall on either side of it
+    edge = _instances([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.0505],
+                      [0, 1])
+    assert not _failed(verify.compare_detections(edge, missing))
+
+
+def test_equal_scores_let_nms_keep_either_box():
+    """A box ONNX kept in place of PyTorch's, with the same score, passes
+    when PyTorch's NMS had it to choose from; otherwise it is a moved box."""
+    a = _instances([[0, 0, 10, 10], [20, 20, 40, 40]], [0.9, 0.3], [0, 1])
+    b = _instances([[0, 0, 10, 10], [22, 20, 42, 40]], [0.9, 0.3], [0, 1])
+    before_nms = _instances([[0, 0, 10, 10], [20, 20, 40, 40],
+                             [22, 20, 42, 40]], [0.9, 0.3, 0.3], [0, 1, 1])
+    rows = verify.compare_detections(a, b, lambda: before_nms)
+    assert not _failed(rows)
+    assert next(r.value for r in rows if r.check.startswith('NMS ties')) \
+        == '1'
+    assert _failed(verify.compare_detections(a, b, lambda: a)) == {
+        'lowest box IoU'
+    }
+
+
+def test_masks_are_compared():
+    a = _instances([[0, 0, 10, 10]], [0.9], [0])
+    b = _instances([[0, 0, 10, 10]], [0.9], [0])
+    a.masks = torch.zeros(1, 12, 12, dtype=torch.bool)
+    b.masks = torch.zeros(1, 12, 12, dtype=torch.bool)
+    a.masks[0, :10, :10] = True
+    b.masks[0, :10, :9] = True
+    assert _failed(verify.compare_detections(a, b)) == {'lowest mask IoU'}
+
+
+def test_label_agreement_limit():
+    labels = torch.zeros(100, 100, dtype=torch.long)
+    other = labels.clone()
+    other[0, :10] = 1  # 0.1% of the pixels
+    assert not _failed(verify.compare_labels(labels, other))
+    other[1, :1] = 1
+    assert _failed(verify.compare_labels(labels, other))
+
+
+@pytest.mark.parametrize('size', [(7, 11), (16, 16), (13, 29)])
+def test_adaptive_pooling_exports_exactly(tmp_path, size):
+    """UperNet's pyramid pooling (1, 2, 3, 6) in ONNX Runtime equals
+    PyTorch's adaptive pooling, also where 3 or 6 do not divide the size
+    (mmdeploy's own rewrite averages other windows there)."""
+    import onnxruntime as ort
+    import torch.nn.functional as F
+    from mmengine.config import Config
+
+    from convnext_mm.deploy import rewriters  # noqa: F401
+    from convnext_mm.deploy.export import _rewriting
+
+    class Pyramid(torch.nn.Module):
+
+        def forward(self, x):
+            return torch.cat([
+                F.adaptive_avg_pool2d(x, s).flatten(2) for s in (1, 2, 3, 6)
+            ], 2)
+
+    x = torch.randn(1, 4, *size)
+    cfg = Config(
+        dict(onnx_config=dict(type='onnx', opset_version=17),
+             backend_config=dict(type='onnxruntime'),
+             codebase_config=dict(type='mmseg')))
+    with _rewriting(cfg, 'onnxruntime', 17), torch.no_grad():
+        torch.onnx.export(Pyramid(), (x, ), tmp_path / 'p.onnx',
+                          dynamo=False, opset_version=17,
+                          input_names=['x'])
+    got = ort.InferenceSession(str(tmp_path / 'p.onnx')).run(
+        None, {'x': x.numpy()})[0]
+    np.testing.assert_allclose(got, Pyramid()(x).numpy(), atol=1e-5)
