@@ -261,3 +261,46 @@ def test_error_comes_before_the_runner_starts(seg_config, tmp_path):
                          check=False)
     assert code == 2 and out.strip().count('\n') == 0, out
     assert 'System environment' not in out and not work.exists()
+
+
+def test_deploy_refuses_bad_input_before_any_work(seg_config, capsys,
+                                                  tmp_path):
+    out = tmp_path / 'onnx'
+    ckpt = tmp_path / 'missing.pth'
+
+    def deploy(*argv):
+        return one_error_line(capsys, 'deploy', seg_config, ckpt, '--out',
+                              out, *argv)
+
+    assert 'model.decode_head is PSPHead, which tools/deploy.py cannot ' \
+        'export (supported: UPerHead)' in deploy(
+            '--cfg-options', 'model.decode_head.type=PSPHead')
+    assert 'sliding-window test mode exports for one input size' in deploy(
+        '--dynamic')
+    assert '--image nowhere.jpg does not exist' in deploy(
+        '--image', 'nowhere.jpg')
+    text_file = tmp_path / 'notes.jpg'
+    text_file.write_text('not an image')
+    assert 'is not an image OpenCV can read' in deploy('--image', text_file)
+    assert '--shape 16 64: height and width must be at least 32' in deploy(
+        '--shape', '16', '64')
+    assert 'missing.pth' in deploy()
+    classifier = ROOT / 'configs' / 'convnext_t_in1k.py'
+    assert 'exports detection (mmdet) and segmentation (mmseg) configs' in \
+        one_error_line(capsys, 'deploy', classifier, ckpt, '--out', out)
+    assert not out.exists()
+
+
+def test_deploy_keeps_a_previous_export(seg_config, capsys, tmp_path):
+    out = tmp_path / 'onnx'
+    out.mkdir()
+    (out / 'end2end.onnx').write_bytes(b'the export of yesterday')
+    line = one_error_line(capsys, 'deploy', seg_config, tmp_path / 'x.pth',
+                          '--out', out)
+    assert f'--out {out} holds a previous export (end2end.onnx)' in line
+    assert (out / 'end2end.onnx').read_bytes() == b'the export of yesterday'
+    assert sorted(p.name for p in out.iterdir()) == ['end2end.onnx']
+    a_file = tmp_path / 'file'
+    a_file.write_text('x')
+    assert 'is a file' in one_error_line(capsys, 'deploy', seg_config,
+                                         tmp_path / 'x.pth', '--out', a_file)

@@ -5,7 +5,7 @@ precedence over mmdeploy's default ones).
 - Detectors: the graph takes the image unpadded and pads it itself, so
   that boxes are clipped to the image as in mmdet (mmdeploy's graph takes
   the padded tensor and clips to it).
-- RoIAlign: mmdeploy's symbolic imports a helper torch >= 2.5 removed;
+- RoIAlign: mmdeploy's symbolic imports a helper torch 2.12 lacks;
   this one emits ONNX ``RoiAlign`` (opset >= 16, ``half_pixel`` for mmcv's
   ``aligned=True``) with standard ops only.
 - RPN: mmdeploy runs one NMS over the proposals of all FPN levels; mmdet

@@ -28,7 +28,7 @@ def _type_name(part) -> str:
 def _parts(cfg: Config, path: str):
     node = cfg
     for key in path.split('.'):
-        node = node.get(key) if isinstance(node, dict) else None
+        node = node.get(key) if isinstance(node, (dict, Config)) else None
         if node is None:
             return []
     return node if isinstance(node, list) else [node]
