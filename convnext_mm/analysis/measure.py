@@ -44,8 +44,11 @@ def measure_config(config: str, shape: Optional[Tuple[int, int]] = None):
     cfg = launch.load_config(config)
     task = launch.task_of(cfg)
     shape = tuple(shape) if shape else default_shape(cfg, task)
-    model = build_model(cfg, task)
-    flops, params = count_complexity(model, FORWARDS[task](model, shape))
+    # counting needs shapes only: on the meta device no weights are
+    # initialised and nothing is computed
+    with torch.device('meta'):
+        model = build_model(cfg, task)
+        flops, params = count_complexity(model, FORWARDS[task](model, shape))
     name = osp.splitext(osp.basename(config))[0]
     if task == 'mmpretrain':
         paper = IMAGENET.get((cfg.model.backbone.get('arch'), shape[0]))
