@@ -16,7 +16,8 @@ from .checkpoints.download import DownloadError
 # config checks' ConfigError (an unreadable config file among them)
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError,
                FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError, DownloadError, pickle.UnpicklingError)
+               PermissionError, ModuleNotFoundError, DownloadError,
+               pickle.UnpicklingError)
 
 EXIT_BAD_INPUT = 2
 

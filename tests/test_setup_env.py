@@ -240,6 +240,18 @@ def test_a_kept_torch_keeps_its_numerics_and_gets_the_rest():
     assert plain.install['torch'] == '2.12.0'
 
 
+def test_a_pin_with_a_marker_keeps_it_for_pip(setup_env):
+    """mmdeploy's pin carries its platform marker to pip, and an installed
+    mmdeploy of that version counts as kept."""
+    marker = setup_env.pins()['mmdeploy']
+    assert marker.startswith('1.3.1;') and 'platform_machine' in marker
+    chosen = selection.select({'mmdeploy': marker}, False,
+                              {'mmdeploy': '1.3.1'})
+    assert chosen.kept == {'mmdeploy': '1.3.1'} and not chosen.install
+    chosen = selection.select({'mmdeploy': marker}, False, {})
+    assert chosen.install == {'mmdeploy': marker}
+
+
 def test_a_freeze_is_read_as_names_and_versions():
     text = ('# comment\ntorch==2.11.0+cu130\nNumPy==2.1.2\n'
             'mypkg @ file:///src/mypkg\n-e git+https://x/y.git#egg=y\n')

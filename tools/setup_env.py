@@ -49,14 +49,17 @@ HAVE = ('import json, importlib.metadata as m; have = {}\n'
         'print(json.dumps({k: v for k, v in have.items() if k}))')
 
 CHECK = '''
-import torch, mmcv, mmengine, mmdet, mmseg, mmdeploy, onnxruntime
+import platform
+import torch, mmcv, mmengine, mmdet, mmseg, onnxruntime
 from mmcv.ops import nms
 import convnext_mm
 line = (f"torch {torch.__version__} (CUDA available: "
         f"{torch.cuda.is_available()}), mmcv {mmcv.__version__}, "
         f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
-        f"mmseg {mmseg.__version__}, mmdeploy {mmdeploy.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}")
+        f"mmseg {mmseg.__version__}, onnxruntime {onnxruntime.__version__}")
+if platform.machine() in ("x86_64", "AMD64"):  # mmdeploy's wheels
+    import mmdeploy
+    line += f", mmdeploy {mmdeploy.__version__}"
 if WITH_TORCHVISION:
     import torchvision, mmpretrain
     line += (f", torchvision {torchvision.__version__}, "

@@ -52,6 +52,12 @@ def read_image(path: Optional[str]) -> np.ndarray:
 
 def check_request(args, cfg) -> None:
     """Everything that can be refused before the model is built."""
+    import importlib.util
+    if importlib.util.find_spec('mmdeploy') is None:
+        raise ModuleNotFoundError(
+            'tools/deploy.py needs mmdeploy 1.3.1, which is not installed: '
+            'python3 tools/setup_env.py installs it on x86-64 Linux and '
+            'Windows (it has no wheels for other machines)')
     check_export_support(cfg)
     slide = (cfg.model.get('test_cfg') or {}).get('mode') == 'slide'
     if args.dynamic and slide:

@@ -53,7 +53,9 @@ class Target:
 
 
 def pins(path: Path = REQUIREMENTS) -> Dict[str, str]:
-    """Return ``{name: version}`` from requirements.txt."""
+    """Return ``{name: version}`` from requirements.txt (a version may end
+    in an environment marker, ``1.3.1; platform_machine == "x86_64"``,
+    which pip evaluates when it installs)."""
     out = {}
     for line in path.read_text().splitlines():
         line = line.split('#', 1)[0].strip()

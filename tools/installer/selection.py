@@ -32,6 +32,9 @@ def select(pins: Dict[str, str], keep_torch: bool, have: Dict[str, str],
     install, kept, left_out = {}, {}, {}
     for name, version in pins.items():
         found = have.get(name)
+        # a pin may carry an environment marker ("1.3.1; platform_machine
+        # == ..."), which pip evaluates; the version is what precedes it
+        version_only = version.split(';', 1)[0].strip()
         if name in BUILT_HERE:
             left_out[name] = 'built from source against the torch'
         elif keep_torch and name in TORCH:
@@ -41,7 +44,7 @@ def select(pins: Dict[str, str], keep_torch: bool, have: Dict[str, str],
                 left_out[name] = 'the kept torch has none'
         elif not torchvision_ok and name in NEED_TORCHVISION:
             left_out[name] = 'needs a torchvision that loads'
-        elif found == version:
+        elif found == version_only:
             kept[name] = found
         elif keep_torch and name in KEPT_AS_FOUND and (
                 found or name == 'opencv-python'
