@@ -5,7 +5,7 @@ import pytest
 from convnext_mm.synthetic import make_ade20k, make_coco_instances
 from convnext_mm.synthetic.small_configs import (small_det_config,
                                                  small_seg_config)
-from tool_utils import dumped, run_tool
+from tool_utils import trained
 
 
 @pytest.fixture(scope='session')
@@ -20,29 +20,17 @@ def coco(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained_mask_rcnn(coco, tmp_path_factory):
-    work = tmp_path_factory.mktemp('runs') / 'mask_rcnn'
-    cfg = dumped(small_det_config,
-                 'mask_rcnn_convnext_t_coco',
-                 coco,
-                 work,
-                 max_iters=16,
-                 ckpt_interval=8)
-    _, out = run_tool('train.py', cfg)
-    return cfg, work, out
+    return trained(tmp_path_factory, 'mask_rcnn', small_det_config,
+                   'mask_rcnn_convnext_t_coco', coco, max_iters=16,
+                   ckpt_interval=8)
 
 
 @pytest.fixture(scope='session')
 def trained_cascade(coco, tmp_path_factory):
     # 20 iterations: after 10 no detection scores above 0.05 yet
-    work = tmp_path_factory.mktemp('runs') / 'cascade'
-    cfg = dumped(small_det_config,
-                 'cascade_convnext_t_coco',
-                 coco,
-                 work,
-                 max_iters=20,
-                 ckpt_interval=20)
-    _, out = run_tool('train.py', cfg)
-    return cfg, work, out
+    return trained(tmp_path_factory, 'cascade', small_det_config,
+                   'cascade_convnext_t_coco', coco, max_iters=20,
+                   ckpt_interval=20)
 
 
 @pytest.fixture(scope='session')
@@ -52,12 +40,6 @@ def ade(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained_upernet(ade, tmp_path_factory):
-    work = tmp_path_factory.mktemp('runs') / 'upernet'
-    cfg = dumped(small_seg_config,
-                 'upernet_convnext_t_ade20k',
-                 ade,
-                 work,
-                 max_iters=20,
-                 ckpt_interval=10)
-    _, out = run_tool('train.py', cfg)
-    return cfg, work, out
+    return trained(tmp_path_factory, 'upernet', small_seg_config,
+                   'upernet_convnext_t_ade20k', ade, max_iters=20,
+                   ckpt_interval=10)

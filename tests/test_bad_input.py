@@ -16,7 +16,7 @@ from convnext_mm.checkpoints.download import cache_path, cached_download
 from convnext_mm.models import ConvNeXt
 from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
-from tool_utils import ROOT, dumped, run_tool
+from tool_utils import ROOT, dumped, needs_mmdeploy, run_tool
 
 # --- weights ----------------------------------------------------------------
 
@@ -261,11 +261,6 @@ def test_error_comes_before_the_runner_starts(seg_config, tmp_path):
                          check=False)
     assert code == 2 and out.strip().count('\n') == 0, out
     assert 'System environment' not in out and not work.exists()
-
-
-needs_mmdeploy = pytest.mark.skipif(
-    importlib.util.find_spec('mmdeploy') is None,
-    reason='mmdeploy is not installed (no wheels for this machine)')
 
 
 @needs_mmdeploy

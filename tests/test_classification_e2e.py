@@ -10,7 +10,7 @@ from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic import make_coco_instances, make_image_folder
 from convnext_mm.synthetic.small_configs import (small_cls_config,
                                                  small_det_config)
-from tool_utils import dumped, metric, run_tool, train_losses
+from tool_utils import dumped, metric, run_tool, train_losses, trained
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,8 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained_classifier(folders, tmp_path_factory):
-    work = tmp_path_factory.mktemp('runs') / 'cls'
-    cfg = dumped(small_cls_config,
-                 'convnext_t_in1k',
-                 folders,
-                 work,
-                 max_iters=10,
-                 ckpt_interval=2)
-    _, out = run_tool('train.py', cfg)
-    return cfg, work, out
+    return trained(tmp_path_factory, 'cls', small_cls_config,
+                   'convnext_t_in1k', folders, max_iters=10, ckpt_interval=2)
 
 
 def test_classifier_trains_and_evaluates(trained_classifier):

@@ -2,7 +2,6 @@
 window and whole image) exported to ONNX from the trained tiny models and
 verified in ONNX Runtime; the verification's matching; the rewriters that
 fix mmdeploy; bad input."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,12 +11,8 @@ import torch
 from mmengine.structures import InstanceData
 
 from convnext_mm.deploy import verify
-from tool_utils import run_tool
+from tool_utils import needs_mmdeploy, run_tool
 
-# mmdeploy 1.3.1 has wheels for x86-64 Linux and Windows only
-needs_mmdeploy = pytest.mark.skipif(
-    importlib.util.find_spec('mmdeploy') is None,
-    reason='mmdeploy is not installed (no wheels for this machine)')
 EXPECTED_OPS = {'LayerNormalization'}
 DET_OPS = {'RoiAlign', 'NonMaxSuppression'}
 

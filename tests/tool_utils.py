@@ -1,4 +1,5 @@
 """Run the project's tools like a user does, and read what they wrote."""
+import importlib.util
 import json
 import os
 import re
@@ -6,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+# mmdeploy 1.3.1 has wheels for x86-64 Linux and Windows only
+needs_mmdeploy = pytest.mark.skipif(
+    importlib.util.find_spec('mmdeploy') is None,
+    reason='mmdeploy is not installed (no wheels for this machine)')
 
 
 def dumped(builder, leaf, data, work_dir, **kwargs):
@@ -14,6 +21,16 @@ def dumped(builder, leaf, data, work_dir, **kwargs):
     to disk for the tools; returns its path."""
     from convnext_mm.synthetic.small_configs import dump_config
     return dump_config(builder(leaf, data, work_dir, **kwargs), work_dir, leaf)
+
+
+def trained(tmp_path_factory, name, builder, leaf, data, **kwargs):
+    """Train a small config (``builder`` from
+    ``convnext_mm.synthetic.small_configs``) with tools/train.py in a new
+    work dir ``runs*/name``; returns (config path, work dir, output)."""
+    work = tmp_path_factory.mktemp('runs') / name
+    cfg = dumped(builder, leaf, data, work, **kwargs)
+    _, out = run_tool('train.py', cfg)
+    return cfg, work, out
 
 
 def run_tool(tool, *args, check=True, timeout=600):

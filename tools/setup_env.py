@@ -49,7 +49,7 @@ HAVE = ('import json, importlib.metadata as m; have = {}\n'
         'print(json.dumps({k: v for k, v in have.items() if k}))')
 
 CHECK = '''
-import platform
+import importlib.util
 import torch, mmcv, mmengine, mmdet, mmseg, onnxruntime
 from mmcv.ops import nms
 import convnext_mm
@@ -57,7 +57,8 @@ line = (f"torch {torch.__version__} (CUDA available: "
         f"{torch.cuda.is_available()}), mmcv {mmcv.__version__}, "
         f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
         f"mmseg {mmseg.__version__}, onnxruntime {onnxruntime.__version__}")
-if platform.machine() in ("x86_64", "AMD64"):  # mmdeploy's wheels
+# pip installs it where requirements.txt's marker holds (its wheels)
+if importlib.util.find_spec("mmdeploy") is not None:
     import mmdeploy
     line += f", mmdeploy {mmdeploy.__version__}"
 if WITH_TORCHVISION:

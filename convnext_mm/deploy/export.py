@@ -16,13 +16,17 @@ MASK_OUTPUT = 'masks'
 SEG_OUTPUT = 'seg_logits'
 
 
+def is_segmentor(model_cfg: Config) -> bool:
+    return model_cfg.get('default_scope') == 'mmseg'
+
+
 def has_masks(model_cfg: Config) -> bool:
     roi_head = model_cfg.model.get('roi_head') or {}
     return bool(roi_head.get('mask_head'))
 
 
 def output_names(model_cfg: Config) -> List[str]:
-    if model_cfg.get('default_scope') == 'mmseg':
+    if is_segmentor(model_cfg):
         return [SEG_OUTPUT]
     return DET_OUTPUTS + ([MASK_OUTPUT] if has_masks(model_cfg) else [])
 
@@ -54,12 +58,12 @@ def deploy_config(model_cfg: Config, dynamic: bool = False,
                 input_shape=[shape[1], shape[0]] if shape else None)
     if dynamic:
         axes = {INPUT: {2: 'height', 3: 'width'}}
-        if model_cfg.get('default_scope') == 'mmseg':
+        if is_segmentor(model_cfg):
             axes[SEG_OUTPUT] = {2: 'height', 3: 'width'}
         else:
             axes.update({name: {1: 'num_dets'} for name in names})
         onnx['dynamic_axes'] = axes
-    if model_cfg.get('default_scope') == 'mmseg':
+    if is_segmentor(model_cfg):
         codebase = dict(type='mmseg', task='Segmentation', with_argmax=False)
     else:
         codebase = dict(type='mmdet', task='ObjectDetection',
@@ -112,7 +116,7 @@ class Exported:
 
     @property
     def segmentation(self) -> bool:
-        return self.model_cfg.get('default_scope') == 'mmseg'
+        return is_segmentor(self.model_cfg)
 
     def torch_predictor(self) -> Callable[[], object]:
         """Runs the PyTorch model on the image: its data sample with

@@ -125,6 +125,15 @@ def layer_norm(g, *args):
     return symbolic_opset17.layer_norm(g, *args)
 
 
+def _best(keep, boxes, scores, limit):
+    """The boxes NMS kept (indices ``keep``), best score first, at most
+    ``limit``: ``dets [1, K, 5]`` and their indices, as mmdet orders and
+    cuts them after ``batched_nms``."""
+    kept_scores, order = scores[keep].sort(descending=True)
+    keep = keep[order][:limit]
+    return torch.cat([boxes[keep], kept_scores[:limit, None]], 1)[None], keep
+
+
 @FUNCTION_REWRITER.register_rewriter(
     'mmdet.models.dense_heads.rpn_head.RPNHead.predict_by_feat',
     backend=BACKEND)
@@ -175,10 +184,8 @@ def rpn_head__predict_by_feat(self, cls_scores, bbox_preds,
         scores[:, None] + 1, torch.zeros_like(scores)[:, None])
     keep = ONNXNMSop.apply(boxes[None], per_level.t()[None],
                            cfg.max_per_img, cfg.nms.iou_threshold, 0.5)[:, 2]
-    kept_scores, order = scores[keep].sort(descending=True)
-    keep = keep[order][:cfg.max_per_img]
-    dets = torch.cat([boxes[keep], kept_scores[:cfg.max_per_img, None]], 1)
-    return dets[None], torch.zeros_like(keep)[None]
+    dets, keep = _best(keep, boxes, scores, cfg.max_per_img)
+    return dets, torch.zeros_like(keep)[None]
 
 
 @FUNCTION_REWRITER.register_rewriter(
@@ -210,10 +217,8 @@ def bbox_head__predict_by_feat(self, rois, cls_scores, bbox_preds,
     shifted = boxes + (labels.to(boxes) * (largest + 1))[:, None]
     keep = ONNXNMSop.apply(shifted[None], scores[None, None], 2**31 - 1,
                            cfg.nms.iou_threshold, cfg.score_thr)[:, 2]
-    kept_scores, order = scores[keep].sort(descending=True)
-    keep = keep[order][:cfg.max_per_img]
-    dets = torch.cat([boxes[keep], kept_scores[:cfg.max_per_img, None]], 1)
-    return dets[None], labels[keep][None]
+    dets, keep = _best(keep, boxes, scores, cfg.max_per_img)
+    return dets, labels[keep][None]
 
 
 @FUNCTION_REWRITER.register_rewriter(

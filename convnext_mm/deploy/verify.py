@@ -27,15 +27,17 @@ class Row(NamedTuple):
     ok: bool
 
 
-def latency(run: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``repeats`` runs after one warm-up run."""
-    run()
+def timed(run: Callable[[], object],
+          repeats: int) -> Tuple[object, float]:
+    """The result of a first (warm-up) run, and the median seconds of
+    ``repeats`` runs after it."""
+    result = run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return result, statistics.median(times)
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,20 +66,22 @@ def _detections(instances) -> dict:
     return out
 
 
-def _match(ref: dict, other: dict) -> List[Tuple[int, Optional[int]]]:
+def _match(ref: dict,
+           other: dict) -> List[Tuple[int, Optional[int], float]]:
     """Pair each detection of ``ref`` (best score first) with the unpaired
-    detection of ``other`` of its class with the highest box IoU."""
+    detection of ``other`` of its class with the highest box IoU:
+    ``(i, j or None, their IoU)``."""
     iou = _box_iou(ref['boxes'], other['boxes'])
     free = np.ones(len(other['boxes']), dtype=bool)
     pairs = []
     for i in np.argsort(-ref['scores'], kind='stable'):
         same = free & (other['labels'] == ref['labels'][i])
         if not same.any():
-            pairs.append((int(i), None))
+            pairs.append((int(i), None, 0.))
             continue
         j = int(np.argmax(np.where(same, iou[i], -1.)))
         free[j] = False
-        pairs.append((int(i), j))
+        pairs.append((int(i), j, float(iou[i, j])))
     return pairs
 
 
@@ -108,12 +112,10 @@ def compare_detections(torch_instances, onnx_instances,
     worst_iou, worst_mask, worst_score = 1., 1., 0.
     for a, b, pairs in ((ref, other, _match(ref, other)),
                         (other, ref, _match(other, ref))):
-        for i, j in pairs:
+        for i, j, iou in pairs:
             if j is None:
                 unmatched += not _borderline(a['scores'][i])
                 continue
-            iou = float(_box_iou(a['boxes'][i:i + 1], b['boxes'][j:j + 1])[0,
-                                                                         0])
             diff = abs(float(a['scores'][i] - b['scores'][j]))
             if iou < MIN_BOX_IOU and diff <= TIE and torch_candidates:
                 if candidates is None:
