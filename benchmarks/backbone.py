@@ -112,7 +112,7 @@ def cpu_features() -> str:
     reports them."""
     import torch
 
-    from convnext_mm.models.convnext import native_bf16
+    from convnext_mm.models.cpu_fused import native_bf16
     caps = torch.cpu.get_capabilities()
     flags = [k for k in ('avx2', 'avx512_f', 'avx512_bf16', 'amx_bf16',
                          'avx512_fp16', 'bf16', 'sve') if caps.get(k)]

@@ -10,7 +10,7 @@ import pickle
 import sys
 from contextlib import contextmanager
 
-from .checkpoints.download import DownloadError
+from .checkpoints import CheckpointFileError, DownloadError
 
 # pickle.UnpicklingError covers UnsafeCheckpointError; ValueError also the
 # config checks' ConfigError (an unreadable config file among them)
@@ -20,6 +20,10 @@ USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError,
                pickle.UnpicklingError)
 
 EXIT_BAD_INPUT = 2
+
+
+class ConfigError(ValueError):
+    """A config that cannot work, found before any long work starts."""
 
 
 def error_line(err: BaseException) -> str:
@@ -44,6 +48,7 @@ def user_errors():
 
 def checkpoint_errors():
     """While a run is under way, only the checkpoint errors of ours (an
-    unsafe or unreadable file met mid-run, a failed download) become one
-    line: anything else keeps its traceback for debugging."""
-    return _one_line_for((pickle.UnpicklingError, DownloadError))
+    unsafe, unreadable or truncated file met mid-run, a failed download)
+    become one line: anything else keeps its traceback for debugging."""
+    return _one_line_for((pickle.UnpicklingError, DownloadError,
+                          CheckpointFileError))

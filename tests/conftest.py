@@ -43,3 +43,37 @@ def trained_upernet(ade, tmp_path_factory):
     return trained(tmp_path_factory, 'upernet', small_seg_config,
                    'upernet_convnext_t_ade20k', ade, max_iters=20,
                    ckpt_interval=10)
+
+
+class ChildLoader:
+    """Loads checkpoints in forked children of one worker process (see
+    child_loader.py): ``load(path, how)`` returns its status dict."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+        from pathlib import Path
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name('child_loader.py'))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == 'ready'
+
+    def load(self, path, how='read_file', seconds=None) -> dict:
+        import json
+        request = dict(path=str(path), how=how)
+        if seconds:
+            request['seconds'] = seconds
+        self.process.stdin.write(json.dumps(request) + '\n')
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope='session')
+def child_loader():
+    loader = ChildLoader()
+    yield loader
+    loader.close()

@@ -43,11 +43,14 @@ def program(body: bytes) -> bytes:
     return P.PROTO + b'\x02' + body + P.STOP
 
 
-def torch_zip(data_pkl: bytes) -> bytes:
-    """A zip checkpoint as torch.save writes it, around ``data_pkl``."""
+def torch_zip(data_pkl: bytes, storages=None) -> bytes:
+    """A zip checkpoint as torch.save writes it, around ``data_pkl`` (and
+    ``storages``: key -> bytes of ``archive/data/<key>``)."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, 'w', zipfile.ZIP_STORED) as archive:
         archive.writestr('archive/data.pkl', data_pkl)
+        for key, data in (storages or {}).items():
+            archive.writestr(f'archive/data/{key}', data)
         archive.writestr('archive/byteorder', 'little')
         archive.writestr('archive/version', '3\n')
     return out.getvalue()

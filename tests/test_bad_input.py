@@ -86,6 +86,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         if self.path.startswith('/hang'):
             time.sleep(4)
+        if self.path in ('/slow.pth', '/endless.pth', '/badchunk.pth'):
+            return self.misbehave()
         body = self.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -94,6 +96,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def misbehave(self):
+        """A byte every 0.2 s, a body without end, broken chunking."""
+        self.send_response(200)
+        if self.path == '/badchunk.pth':
+            self.send_header('Transfer-Encoding', 'chunked')
+            self.end_headers()
+            self.wfile.write(b'4\r\nabcd\r\nzz\r\n')
+            return
+        if self.path == '/slow.pth':
+            self.send_header('Content-Length', '1000')
+        self.end_headers()
+        try:
+            for _ in range(100_000):
+                self.wfile.write(b'x' if self.path == '/slow.pth' else
+                                 bytes(1 << 16))
+                self.wfile.flush()
+                if self.path == '/slow.pth':
+                    time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up, as it should
 
     def log_message(self, *args):
         pass
@@ -141,7 +164,7 @@ def test_hash_in_the_file_name_is_verified(server, tmp_path):
 
 
 def test_silent_server_times_out_and_leaves_nothing(server, tmp_path,
-                                                     monkeypatch):
+                                                    monkeypatch):
     monkeypatch.setenv('CONVNEXT_MM_DOWNLOAD_TIMEOUT', '1')
     _Handler.files = {'/hang/w.pth': b'x'}
     start = time.perf_counter()
@@ -149,6 +172,30 @@ def test_silent_server_times_out_and_leaves_nothing(server, tmp_path,
         cached_download(f'{server}/hang/w.pth', model_dir=tmp_path)
     assert time.perf_counter() - start < 3.5
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name,setting,match', [
+    ('slow', ('DEADLINE', '1.5'), 'passed its deadline of 1.5 s'),
+    ('endless', ('MAX_MB', '2'), 'passed the cap of 2,097,152 bytes'),
+    ('badchunk', None, 'broke off: IncompleteRead|broke off: '),
+])
+def test_misbehaving_servers_leave_nothing_in_the_cache(
+        server, tmp_path, monkeypatch, name, setting, match):
+    if setting:
+        monkeypatch.setenv(f'CONVNEXT_MM_DOWNLOAD_{setting[0]}', setting[1])
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match=match) as err:
+        cached_download(f'{server}/{name}.pth', model_dir=tmp_path)
+    assert '\n' not in str(err.value)
+    assert time.perf_counter() - start < 10
+    assert os.listdir(tmp_path) == []
+
+
+def test_download_settings_are_checked(server, tmp_path, monkeypatch):
+    monkeypatch.setenv('CONVNEXT_MM_DOWNLOAD_MAX_MB', 'lots')
+    with pytest.raises(ValueError, match='CONVNEXT_MM_DOWNLOAD_MAX_MB=.lots.'
+                       ': give a positive number'):
+        cached_download(f'{server}/slow.pth', model_dir=tmp_path)
 
 
 def test_unreachable_url_gives_one_line_with_the_offline_way(tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoints import UnsafeCheckpointError
-from convnext_mm.checkpoints.files import read_file
+from convnext_mm.checkpoints import read_file
 from helpers import captured_log, randomise_, rel_err
 from tool_utils import ROOT, run_tool
 
@@ -179,7 +179,7 @@ def test_transformers_upernet_loads_whole_through_load_from(tmp_path):
     from mmseg.registry import MODELS
     from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-    from convnext_mm.launch import check_checkpoint_fits
+    from convnext_mm.launch import check_checkpoint as check_checkpoint_fits
     hf = UperNetForSemanticSegmentation(UperNetConfig(
         backbone_config=hf_config(
             out_features=['stage1', 'stage2', 'stage3', 'stage4']),

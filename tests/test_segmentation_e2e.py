@@ -42,7 +42,7 @@ def test_single_and_multi_scale_miou(trained_upernet):
 def test_safetensors_checkpoint_tests_the_same(trained_upernet, tmp_path):
     """tools/test.py reads a safetensors file (by content, whatever its
     name) and scores what the .pth scores."""
-    from convnext_mm.checkpoints.files import write_safetensors
+    from convnext_mm.checkpoints.saving import write_safetensors
     cfg, work, _ = trained_upernet
     state = safe_torch_load(work / 'iter_20.pth')['state_dict']
     with open(tmp_path / 'iter_20.bin', 'wb') as out:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from convnext_mm.models import ConvNeXt
-from convnext_mm.models import convnext as impl
+from convnext_mm.models import cpu_fused as impl
 from helpers import randomise_, rel_err
 
 
@@ -29,15 +29,15 @@ def assert_same(outputs, reference, tol=1e-5):
 def fused_calls(monkeypatch):
     """Counts calls of the fused oneDNN op."""
     calls = []
-    if impl._LINEAR_POINTWISE is None:
+    if impl.LINEAR_POINTWISE is None:
         pytest.skip('this torch build has no oneDNN fused linear')
-    real = impl._LINEAR_POINTWISE
+    real = impl.LINEAR_POINTWISE
 
     def counted(*args):
         calls.append(args[0].dtype)
         return real(*args)
 
-    monkeypatch.setattr(impl, '_LINEAR_POINTWISE', counted)
+    monkeypatch.setattr(impl, 'LINEAR_POINTWISE', counted)
     return calls
 
 

@@ -31,13 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from convnext_mm.arch import find_arch  # noqa: E402
 from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
-                                     check_weights, infer_arch,
-                                     read_checkpoint, to_convnext_mm)
-from convnext_mm.checkpoints.atomic import atomic_file  # noqa: E402
-from convnext_mm.checkpoints.files import write_safetensors  # noqa: E402
+                                     infer_arch, read_checkpoint,
+                                     to_convnext_mm)
+from convnext_mm.checkpoints.report import bad_weight  # noqa: E402
+from convnext_mm.checkpoints.saving import (atomic_file,  # noqa: E402
+                                            write_safetensors)
 from convnext_mm.errors import user_errors  # noqa: E402
-from convnext_mm.models import find_arch  # noqa: E402
 
 
 def convert(src: str, dst: Path, force: bool = False,
@@ -51,7 +52,10 @@ def convert(src: str, dst: Path, force: bool = False,
         state, dropped, layout = to_convnext_mm(read_checkpoint(src))
     except ValueError as err:
         raise ValueError(f'{src}: {err}') from None
-    check_weights(state, src)
+    for name, value in state.items():
+        why = bad_weight(name, value)
+        if why:
+            raise ValueError(f'{src}: {why}; refusing to convert it')
     depths, channels = infer_arch(state)
     arch = find_arch(depths, channels) or \
         f'custom (depths {list(depths)}, channels {list(channels)})'
@@ -59,7 +63,9 @@ def convert(src: str, dst: Path, force: bool = False,
     weights = {f'backbone.{k}': v for k, v in state.items()}
     meta = dict(source=str(src), source_layout=layout, arch=arch,
                 use_grn=any('.grn.' in k for k in state))
-    with atomic_file(dst) as out:  # a crash never leaves a half-written DST
+    # a crash never leaves a half-written DST, and a DST that appeared while
+    # SRC was read is not overwritten without --force
+    with atomic_file(dst, overwrite=force) as out:
         if fmt == 'safetensors':
             write_safetensors(weights, out, metadata=meta)
         else:

@@ -4,27 +4,52 @@
   the file's own name), so ``.../a/w.pth`` and ``.../b/w.pth`` never share an
   entry.
 - Bytes go to a temporary file in the cache folder and are renamed into
-  place only when complete (and verified): an interrupted download leaves
-  nothing behind, and a half-written file is never read.
-- Connecting and every read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``
-  seconds, default 60), so a server that never answers cannot hang a job.
+  place only when complete (and verified): an interrupted, overlong or late
+  download leaves nothing behind, and a half-written file is never read.
+- Three bounds, each set by an environment variable: connecting and every
+  read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``, 60 s), the whole download
+  has a deadline (``CONVNEXT_MM_DOWNLOAD_DEADLINE``, 7200 s: a server sending
+  a byte a second never times a read out), and a size cap
+  (``CONVNEXT_MM_DOWNLOAD_MAX_MB``, 8192 MiB, above every ConvNeXt
+  checkpoint), checked against the announced length first.
+- Progress is shown for files over 64 MiB: a bar on a terminal, a log line
+  every 10% elsewhere.
 - A file name that carries a SHA-256 prefix (torch hub's and OpenMMLab's
   ``name-<hash>.pth`` convention) is checked against it.
 - In distributed runs rank 0 downloads while the others wait at a barrier.
 """
 import hashlib
+import http.client
 import os
 import os.path as osp
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Optional
 
-from .atomic import atomic_file
+from .saving import atomic_file
 
 # as torch.hub: the hex digits between the last '-' and the first '.'
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
 _CHUNK = 1 << 20
+_LARGE = 64 << 20
+DEFAULTS = dict(timeout=60., deadline=7200., max_mb=8192.)
+
+
+def _setting(name: str) -> float:
+    variable = f'CONVNEXT_MM_DOWNLOAD_{name.upper()}'
+    raw = os.environ.get(variable)
+    if raw is None:
+        return DEFAULTS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.
+    if not value > 0:
+        raise ValueError(f'{variable}={raw!r}: give a positive number '
+                         f'(default {DEFAULTS[name]:g})')
+    return value
 
 
 class DownloadError(OSError):
@@ -56,33 +81,54 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
     Raises:
         DownloadError: with one line naming the URL and what to do offline.
     """
-    timeout = timeout or float(
-        os.environ.get('CONVNEXT_MM_DOWNLOAD_TIMEOUT', 60))
+    timeout = timeout or _setting('timeout')
+    deadline = time.monotonic() + _setting('deadline')
+    cap = int(_setting('max_mb') * (1 << 20))
     expected = _HASH_IN_NAME.search(_url_name(url))
     digest = hashlib.sha256()
     with atomic_file(dst) as out:
         try:
             response = urllib.request.urlopen(url, timeout=timeout)
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, OSError, ValueError,
+                http.client.HTTPException) as err:
             reason = getattr(err, 'reason', err)
             raise DownloadError(
                 f'cannot download {url}: {reason}. {_offline_hint(url)}'
             ) from None
         with response:
-            total = int(response.headers.get('Content-Length') or 0)
-            bar = _progress(total, progress)
+            try:
+                total = int(response.headers.get('Content-Length') or 0)
+            except ValueError:
+                total = 0
+            if total > cap:
+                raise DownloadError(
+                    f'{url} announces {total:,} bytes, over the download '
+                    f'cap of {cap:,} (CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing '
+                    'was kept')
+            bar = _progress(url, total, progress)
             while True:
                 try:
                     chunk = response.read(_CHUNK)
-                except OSError as err:  # includes socket timeouts
+                except (OSError, http.client.HTTPException) as err:
                     raise DownloadError(
-                        f'download of {url} broke off: {err}. '
+                        f'download of {url} broke off: '
+                        f'{type(err).__name__}: {err}. '
                         f'{_offline_hint(url)}') from None
                 if not chunk:
                     break
                 out.write(chunk)
                 digest.update(chunk)
                 bar(len(chunk))
+                if out.tell() > cap:
+                    raise DownloadError(
+                        f'download of {url} passed the cap of {cap:,} bytes '
+                        '(CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing was kept')
+                if time.monotonic() > deadline:
+                    raise DownloadError(
+                        f'download of {url} passed its deadline of '
+                        f'{_setting("deadline"):g} s after {out.tell():,} '
+                        'bytes (CONVNEXT_MM_DOWNLOAD_DEADLINE); nothing was '
+                        f'kept. {_offline_hint(url)}')
             bar(None)
         if total and out.tell() != total:
             raise DownloadError(
@@ -97,18 +143,28 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
                 'check it')
 
 
-def _progress(total: int, show: bool):
-    if not show:
+def _progress(url: str, total: int, show: bool):
+    """Progress for large files: a bar on a terminal (``show``), else a log
+    line every 10%."""
+    if total and total < _LARGE:
         return lambda n: None
-    from tqdm import tqdm
-    bar = tqdm(total=total or None, unit='B', unit_scale=True,
-               unit_divisor=1024)
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(total=total or None, unit='B', unit_scale=True,
+                   unit_divisor=1024)
+        return lambda n: bar.close() if n is None else bar.update(n)
+    from mmengine.logging import print_log
+    done, next_tenth = 0, 1
 
     def update(n):
-        if n is None:
-            bar.close()
-        else:
-            bar.update(n)
+        nonlocal done, next_tenth
+        if n is None or not total:
+            return
+        done += n
+        while next_tenth <= 10 and done * 10 >= total * next_tenth:
+            print_log(f'downloading {_url_name(url)}: {next_tenth * 10}% of '
+                      f'{total / (1 << 20):,.0f} MiB', logger='current')
+            next_tenth += 1
 
     return update
 

@@ -16,8 +16,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-StateDict = Dict[str, torch.Tensor]
-Converted = Tuple[StateDict, List[str]]
+from .renaming import (Converted, StateDict, apply_rules,
+                       grn_and_scale_shapes, split_prefix)
+from .transformers_layouts import convert_transformers
+
 
 # the containers checkpoints wrap their weights in, most specific first
 _CONTAINERS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
@@ -107,38 +109,6 @@ def detect_layout(state: StateDict) -> str:
         '; '.join(LAYOUT_DESCRIPTIONS.values()) + f'. First keys: {sample}')
 
 
-def _split_prefix(state: StateDict, prefix: str) -> Converted:
-    """Keep the keys under ``prefix`` (stripped); name the rest dropped."""
-    if not any(k.startswith(prefix) for k in state):
-        return OrderedDict(state), []
-    kept = OrderedDict(
-        (k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
-    return kept, [k for k in state if not k.startswith(prefix)]
-
-
-def _apply_rules(state: StateDict, rules) -> Converted:
-    """Rename with ``(regex, replacement)`` rules; unmatched keys drop."""
-    out, dropped = OrderedDict(), []
-    for key, value in state.items():
-        for pattern, repl in rules:
-            if re.fullmatch(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
-            dropped.append(key)
-    return out, dropped
-
-
-def _grn_and_scale_shapes(state: StateDict) -> StateDict:
-    """Flatten GRN/layer-scale params and 1x1-conv MLP weights to ours."""
-    for key, value in state.items():
-        if key.endswith(('.gamma', '.grn.beta')):
-            state[key] = value.reshape(-1)
-        elif re.search(r'\.pwconv[12]\.weight$', key) and value.ndim == 4:
-            state[key] = value.flatten(1)
-    return state
-
-
 _BACKBONE_KEY = (r'(downsample_layers\.\d+\.\d+\.(weight|bias)|'
                  r'stages\.\d+\.\d+\.(dwconv|norm|pwconv1|pwconv2)\.'
                  r'(weight|bias)|stages\.\d+\.\d+\.(gamma|grn\.gamma|'
@@ -147,26 +117,26 @@ _BACKBONE_KEY = (r'(downsample_layers\.\d+\.\d+\.(weight|bias)|'
 
 def convert_authors(state: StateDict) -> Converted:
     """Both authors' releases (V1, and V2 with GRN); ours too."""
-    state, dropped = _split_prefix(state, 'backbone.')
-    state, more = _apply_rules(state, [(_BACKBONE_KEY, r'\g<0>')])
-    return _grn_and_scale_shapes(state), dropped + more
+    state, dropped = split_prefix(state, 'backbone.')
+    state, more = apply_rules(state, [(_BACKBONE_KEY, r'\g<0>')])
+    return grn_and_scale_shapes(state), dropped + more
 
 
 def convert_mmpretrain(state: StateDict) -> Converted:
-    state, dropped = _split_prefix(state, 'backbone.')
+    state, dropped = split_prefix(state, 'backbone.')
     renamed = OrderedDict()
     for key, value in state.items():
         key = key.replace('.depthwise_conv.', '.dwconv.')
         key = re.sub(r'\.pointwise_conv([12])\.', r'.pwconv\1.', key)
         renamed[key] = value
-    state, more = _apply_rules(renamed, [(_BACKBONE_KEY, r'\g<0>')])
-    return _grn_and_scale_shapes(state), dropped + more
+    state, more = apply_rules(renamed, [(_BACKBONE_KEY, r'\g<0>')])
+    return grn_and_scale_shapes(state), dropped + more
 
 
 def convert_timm(state: StateDict) -> Converted:
-    state, dropped = _split_prefix(state, 'backbone.')
+    state, dropped = split_prefix(state, 'backbone.')
     blk = r'stages\.(\d+)\.blocks\.(\d+)'
-    state, more = _apply_rules(state, [
+    state, more = apply_rules(state, [
         (r'stem\.(\d)\.(weight|bias)', r'downsample_layers.0.\1.\2'),
         (r'stages\.(\d+)\.downsample\.(\d)\.(weight|bias)',
          r'downsample_layers.\1.\2.\3'),
@@ -178,11 +148,11 @@ def convert_timm(state: StateDict) -> Converted:
         (blk + r'\.gamma', r'stages.\1.\2.gamma'),
         (r'head\.norm\.(weight|bias)', r'norm.\1'),
     ])
-    return _grn_and_scale_shapes(state), dropped + more
+    return grn_and_scale_shapes(state), dropped + more
 
 
 def convert_torchvision(state: StateDict) -> Converted:
-    state, dropped = _split_prefix(state, 'backbone.')
+    state, dropped = split_prefix(state, 'backbone.')
     out, more = OrderedDict(), []
     for key, value in state.items():
         m = re.fullmatch(r'features\.(\d+)\.(\d+)\.(.+)', key)
@@ -209,18 +179,7 @@ def convert_torchvision(state: StateDict) -> Converted:
                 out[f'{prefix}.{names[parts[1]]}.{parts[2]}'] = value
             else:
                 more.append(key)
-    return _grn_and_scale_shapes(out), dropped + more
-
-
-def convert_transformers(state: StateDict) -> Converted:
-    from .transformers_layouts import RULES
-    dropped = []
-    # an UperNet's backbone, or the classifiers' model under its prefix
-    for prefix in ('backbone.', 'convnext.', 'convnextv2.'):
-        state, more = _split_prefix(state, prefix)
-        dropped += more
-    state, more = _apply_rules(state, RULES)
-    return _grn_and_scale_shapes(state), dropped + more
+    return grn_and_scale_shapes(out), dropped + more
 
 
 def _name_classifier_norm(state: StateDict) -> StateDict:
@@ -268,7 +227,7 @@ def to_convnext_mm(checkpoint,
         if not any(k.startswith(prefix) for k in state):
             raise ValueError(f'no key starts with prefix {prefix!r}; first '
                              f'keys: {", ".join(list(state)[:6])}')
-        state, dropped = _split_prefix(state, prefix)
+        state, dropped = split_prefix(state, prefix)
     layout = detect_layout(state)
     converted, more = CONVERTERS[layout](state)
     return _name_classifier_norm(converted), dropped + more, layout

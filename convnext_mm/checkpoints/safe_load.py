@@ -1,257 +1,304 @@
-"""Load checkpoints as untrusted input: torch's weights-only unpickler, plus
-exactly what mmengine's own training checkpoints hold.
+"""The one door through which a checkpoint file is read: it decides whether
+the file is safe, and returns plain data and tensors or one line saying why
+not.
 
-torch >= 2.6 loads with ``weights_only=True`` by default, and that refuses the
-checkpoints mmengine writes: their ``message_hub`` holds ``HistoryBuffer``
-objects with numpy arrays and ``meta`` holds numpy scalars. Rather than turn
-the check off (a checkpoint could then run code, write files or rewrite
-classes for the rest of the process), :func:`safe_torch_load` runs torch's own
-weights-only unpickler with a handful of extra entries, each of which builds
-a value and nothing else:
+Three forms are read, recognised by content (never by name):
 
-- numpy arrays and scalars of numeric, bool and string dtypes (no object or
-  structured dtypes, which could carry other objects);
-- ``HistoryBuffer`` through a stand-in that validates its state (numeric
-  histories, the four built-in statistics mapped to themselves) and never
-  touches the class's shared statistics table;
-- ``getattr`` for exactly ``HistoryBuffer.min/max/mean/current``, which
-  mmengine pickles as look-ups.
+- torch files (``torch.save``'s zip or legacy format), by :mod:`.torch_file`
+  and our own pickle machine (:mod:`.unpickler`, :mod:`.vocabulary`):
+  ``torch.load`` is never called, so nothing in a file is built by the
+  callables it names;
+- safetensors files (a JSON header and raw tensor bytes, as timm and Hugging
+  Face publish them): the header is parsed and bounded here, then the
+  ``safetensors`` library reads the tensors;
+- Hugging Face ``save_pretrained`` folders: ``config.json`` (a ConvNeXt,
+  ConvNeXtV2 or UperNet-with-ConvNeXt of four stages) beside
+  ``model.safetensors``, its sharded index, or ``pytorch_model.bin``. Shards
+  must be plain file names inside the folder.
 
-Before unpickling, :mod:`.pickle_scan` bounds the work a file can cost
-(decompression bombs, colliding dict keys, giant pickles). Legacy (non-zip)
-files go through the same weights-only path; torch's old ``.tar`` format is
-refused. :func:`install` routes mmengine's local and http(s) checkpoint
-loading through :mod:`.files` (which sends torch files here and reads
-safetensors without pickle), so ``load_from``, ``--resume``, ``init_cfg`` and
-the tools all load safely.
+Every JSON document (configs, indexes, safetensors headers) is bounded in
+size and nesting before it is parsed. Whatever a file does wrong is a
+``ValueError`` (its subclasses :class:`TruncatedError` and
+:class:`CheckpointTooCostlyError` among them) or an
+:class:`UnsafeCheckpointError`, each one line naming the file.
 """
-import contextlib
+import json
 import os
 import os.path as osp
-import pickle
 import re
-import threading
+import struct
+from collections import OrderedDict
+from typing import Dict
 
-import numpy as np
 import torch
-from mmengine.logging.history_buffer import HistoryBuffer
 
-from .pickle_scan import MalformedPickleError, check_cost
+from . import torch_file
+from .unpickler import (CheckpointFileError, CheckpointTooCostlyError,
+                        MalformedPickleError, TruncatedError,
+                        UnsafeCheckpointError)
+from .vocabulary import KIND_REFUSAL
 
-_STATISTICS = ('min', 'max', 'mean', 'current')
-_HISTORY_STATE = {'max_length', '_log_history', '_count_history',
-                  'statistics_methods'}
-_NUMERIC_KINDS = 'biuf'
+__all__ = [
+    'CheckpointFileError', 'CheckpointTooCostlyError', 'TruncatedError',
+    'UnsafeCheckpointError',
+    'read_file', 'safe_torch_load'
+]
 
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint asked to build something outside the allow-list."""
-
-
-class _SafeHistoryBuffer(HistoryBuffer):
-    """Unpickles as a plain ``HistoryBuffer`` after checking its state.
-
-    mmengine's own ``__setstate__`` merges the file's statistics methods into
-    the class-wide table, so one file could change what every buffer in the
-    process logs; this one accepts only the built-ins, mapped to themselves.
-    """
-
-    def __setstate__(self, state):
-        if not isinstance(state, dict) or not set(state) <= _HISTORY_STATE:
-            found = sorted(map(str, state)) if isinstance(state, dict) \
-                else type(state).__name__
-            raise UnsafeCheckpointError(
-                'refusing to load a HistoryBuffer whose state is not '
-                f"mmengine's ({found})")
-        methods = state.get('statistics_methods', {})
-        if not isinstance(methods, dict) or any(
-                name not in _STATISTICS
-                or method is not getattr(HistoryBuffer, name)
-                for name, method in methods.items()):
-            raise UnsafeCheckpointError(
-                'refusing to load a HistoryBuffer that redefines its '
-                f'statistics methods ({methods!r}): it would change what '
-                'every HistoryBuffer in this process reports')
-        for key in ('_log_history', '_count_history'):
-            value = state.get(key)
-            if value is not None and not (
-                    isinstance(value, np.ndarray)
-                    and value.dtype.kind in _NUMERIC_KINDS):
-                raise UnsafeCheckpointError(
-                    f'refusing to load a HistoryBuffer whose {key} is not a '
-                    f'numeric array ({type(value).__name__})')
-        length = state.get('max_length', 1)
-        if type(length) is not int or length < 1:
-            raise UnsafeCheckpointError(
-                'refusing to load a HistoryBuffer with max_length '
-                f'{length!r}')
-        self.__class__ = HistoryBuffer
-        self.__dict__.update(
-            (k, v) for k, v in state.items() if k != 'statistics_methods')
-        self._set_default_statistics()
+# the safetensors format's own limit on the JSON header
+MAX_HEADER = 100 * 1024 * 1024
+MAX_CONFIG = 1 << 20
+MAX_INDEX = 64 << 20
+MAX_JSON_DEPTH = 32
+_HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json',
+               'pytorch_model.bin')
+# safetensors dtype codes that hold real floats, integers and bools
+_SAFETENSORS_DTYPES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8,
+                       'I32': 4, 'I16': 2, 'I8': 1, 'U8': 1, 'BOOL': 1}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(r'[\[\]{}]')
 
 
-def _guarded_getattr(owner, name):
-    if owner in (HistoryBuffer, _SafeHistoryBuffer) and name in _STATISTICS:
-        return getattr(HistoryBuffer, name)
-    raise UnsafeCheckpointError(
-        f'refusing to load getattr({getattr(owner, "__qualname__", owner)!r}'
-        f', {name!r}): only HistoryBuffer statistics look-ups are allowed')
-
-
-def _numpy_dtype(spec, align=False, copy=False):
-    dtype = np.dtype(spec, align, copy)
-    if dtype.hasobject or dtype.kind == 'V':
-        raise UnsafeCheckpointError(
-            f'refusing to load a numpy array of dtype {dtype}: object and '
-            'structured arrays can carry arbitrary objects')
-    return dtype
-
-
-def _extra_globals():
-    """(object, 'module.name') pairs admitted beyond torch's own list."""
-    from numpy.core import multiarray
-    pairs = [(_SafeHistoryBuffer,
-              'mmengine.logging.history_buffer.HistoryBuffer'),
-             (_guarded_getattr, 'builtins.getattr'),
-             (_guarded_getattr, '__builtin__.getattr'),
-             (np.ndarray, 'numpy.ndarray'), (_numpy_dtype, 'numpy.dtype')]
-    # numpy 1.x and 2.x spell the array/scalar reconstructors differently
-    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        pairs += [(multiarray._reconstruct, f'{module}._reconstruct'),
-                  (multiarray.scalar, f'{module}.scalar')]
-    # dtypes pickle as numpy.dtypes.<Name>DType instances on numpy >= 1.25
-    for name in dir(getattr(np, 'dtypes', None)):
-        cls = getattr(np.dtypes, name)
-        if name.endswith('DType') and isinstance(cls, type) and \
-                name not in ('ObjectDType', 'VoidDType'):
-            pairs.append((cls, f'numpy.dtypes.{name}'))
-    return pairs
-
-
-_EXTRA = None
-_LOCK = threading.Lock()
-_TORCH_DETAIL = re.compile(r'WeightsUnpickler error:\s*(.*)', re.S)
-_GLOBAL = re.compile(
-    r'GLOBAL (\S+) (?:was not an allowed global|whose module)')
-_RESAVE = ('If you trust the file, re-save it once: python -c "import torch; '
-           'torch.save(torch.load(\'OLD\', weights_only=False), \'NEW\')" '
-           'and load NEW')
-
-
-@contextlib.contextmanager
-def _allowing(extra):
-    """``torch.serialization.safe_globals(extra)`` (torch >= 2.5); on torch
-    2.4, which has only the process-wide allowlist, the same by adding to it
-    and restoring it afterwards (callers hold ``_LOCK``)."""
-    scoped = getattr(torch.serialization, 'safe_globals', None)
-    if scoped is not None:
-        with scoped(extra):
-            yield
-        return
-    before = torch.serialization.get_safe_globals()
-    torch.serialization.add_safe_globals(extra)
-    try:
-        yield
-    finally:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(before)
-
-
-def _refusal(err: Exception, where: str) -> UnsafeCheckpointError:
-    """One line from torch's several-paragraph weights-only message (torch
-    re-raises our own refusals inside it, keeping them as the context)."""
-    for ours in (err, err.__context__):
-        if isinstance(ours, UnsafeCheckpointError):
-            return UnsafeCheckpointError(f'{where}: {ours}')
-    text = str(err).split('\n\nCheck the documentation')[0]
-    found = _TORCH_DETAIL.search(text)
-    detail = (found.group(1) if found else text.split('\n\n')[-1]).strip()
-    name = _GLOBAL.search(detail)
-    if name:
-        detail = (f'refusing to load {name.group(1)}: the checkpoint '
-                  'contains an object that is neither tensors, plain Python '
-                  'containers, numpy arrays nor mmengine training state, and '
-                  'building it could run arbitrary code')
-    else:
-        detail = f'refusing to load it: {detail.splitlines()[0].rstrip(".")}'
-    return UnsafeCheckpointError(f'{where}: {detail}. {_RESAVE}')
+def _checked_path(path) -> str:
+    path = osp.expanduser(os.fspath(path))
+    if osp.isdir(path):
+        raise IsADirectoryError(
+            f'checkpoint {path} is a directory; give the checkpoint file '
+            'inside it (.pth or .safetensors), or a Hugging Face '
+            'save_pretrained folder (config.json + model.safetensors)')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    return path
 
 
 def safe_torch_load(file, map_location=None):
-    """``torch.load`` that admits tensors and mmengine training state only.
-
-    Args:
-        file: A path or a seekable binary file.
-        map_location: As for ``torch.load``.
+    """Read a torch checkpoint (a path or a seekable binary file) into
+    tensors, plain containers, numpy values and mmengine training state.
 
     Raises:
         FileNotFoundError: ``file`` is a path that does not exist.
-        UnsafeCheckpointError: the file asks to build a disallowed object,
-            or is in torch's legacy ``.tar`` format.
-        ValueError: the file is not a torch checkpoint at all, or loading it
-            would cost unbounded time or memory.
+        UnsafeCheckpointError: the file asks for anything else (code, other
+            classes), or is in torch's legacy ``.tar`` format.
+        ValueError: not a torch checkpoint, truncated, malformed, or over a
+            bound on the time or memory it may cost.
     """
-    global _EXTRA
     where = 'the checkpoint'
     if isinstance(file, (str, os.PathLike)):
-        file = where = osp.expanduser(os.fspath(file))
-        if osp.isdir(file):
-            raise IsADirectoryError(
-                f'checkpoint {file} is a directory; give the checkpoint '
-                'file inside it (e.g. a .pth file)')
-        if not osp.isfile(file):
-            raise FileNotFoundError(f'checkpoint {file} does not exist')
+        file = where = _checked_path(file)
     try:
-        check_cost(file, where)
+        return torch_file.load(file, map_location, where)
+    except (UnsafeCheckpointError, CheckpointTooCostlyError,
+            TruncatedError):
+        raise
     except MalformedPickleError as err:
-        raise ValueError(
-            f'{where} is not a PyTorch checkpoint that torch.load can read '
+        raise CheckpointFileError(
+            f'{where} is not a PyTorch checkpoint that convnext_mm can read '
             f'({str(err).split(": ", 1)[-1]})') from None
-    with _LOCK:
-        if _EXTRA is None:
-            _EXTRA = _extra_globals()
-        try:
-            with _allowing(_EXTRA):
-                return torch.load(
-                    file, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise _refusal(err, where) from None
-        except RuntimeError as err:
-            if 'legacy .tar format' in str(err):
-                raise UnsafeCheckpointError(
-                    f'{where} is in torch\'s legacy .tar format, which can '
-                    'only be loaded by running its pickles unchecked. '
-                    f'{_RESAVE}') from None
-            raise ValueError(f'{where} is not a PyTorch checkpoint that '
-                             f'torch.load can read ({err})') from None
-        except Exception as err:  # noqa: BLE001  whatever bad bytes raise
-            if isinstance(err, (FileNotFoundError, MemoryError)):
-                raise
-            raise ValueError(
-                f'{where} is not a PyTorch checkpoint that torch.load can '
-                f'read ({type(err).__name__}: {err})') from None
+    except MemoryError:
+        raise CheckpointTooCostlyError(
+            f'{where}: loading it needs more memory than this machine '
+            'has') from None
 
 
-def _load_from_local(filename, map_location):
-    from .files import read_for_mmengine
-    return read_for_mmengine(filename, map_location)
+# --- JSON, bounded -----------------------------------------------------------
+
+def _parse_json(raw: bytes, where: str):
+    """``json.loads`` after checking the nesting (the parser recurses)."""
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as err:
+        raise CheckpointFileError(
+            f'{where} is not UTF-8 JSON ({err})') from None
+    depth = deepest = 0
+    for bracket in _BRACKETS.finditer(_JSON_STRING.sub('', text)):
+        depth += 1 if bracket.group() in '[{' else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            raise CheckpointFileError(
+                f'{where} nests more than {MAX_JSON_DEPTH} levels deep; no '
+                'checkpoint metadata does')
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise CheckpointFileError(
+            f'{where} is not valid JSON ({err})') from None
 
 
-def _load_from_http(filename, map_location=None, model_dir=None,
-                    progress=None):
-    from .download import cached_download
-    from .files import read_for_mmengine
-    return read_for_mmengine(
-        cached_download(filename, model_dir=model_dir, progress=progress),
-        map_location)
+def _read_json(path: str, limit: int, what: str):
+    size = osp.getsize(path)
+    if size > limit:
+        raise CheckpointFileError(f'{path}: a {size:,}-byte {what}, over the '
+                                  f'{limit:,} bytes any checkpoint needs')
+    with open(path, 'rb') as f:
+        return _parse_json(f.read(limit + 1), path)
 
 
-def install():
-    """Route mmengine's local and http(s) checkpoint loading through here
-    (torch files, safetensors, Hugging Face folders)."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(
-        prefixes='', loader=_load_from_local, force=True)
-    CheckpointLoader.register_scheme(
-        prefixes=('http://', 'https://'), loader=_load_from_http, force=True)
+# --- safetensors -------------------------------------------------------------
+
+def is_safetensors(path: str) -> bool:
+    """Whether ``path`` starts as a safetensors file does: a little-endian
+    u64 header length, then the header's opening brace."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    return 2 <= struct.unpack('<Q', head[:8])[0] <= MAX_HEADER
+
+
+def _safetensors_header(path: str) -> dict:
+    """The checked header: every entry a real dtype, a shape and offsets
+    inside the file."""
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        length = struct.unpack('<Q', f.read(8))[0]
+        if 8 + length > size:
+            raise TruncatedError(
+                f'{path} is a truncated safetensors file: its header alone '
+                f'is {length:,} bytes, the file holds {size:,} (an '
+                'interrupted download or save?); fetch or save it again')
+        header = _parse_json(f.read(length), f'{path} (safetensors header)')
+    if not isinstance(header, dict):
+        raise CheckpointFileError(
+            f'{path}: a safetensors header must be a JSON '
+            'object')
+    data = size - 8 - length
+    for name, entry in header.items():
+        if name == '__metadata__':
+            continue
+        if not isinstance(entry, dict) or not isinstance(
+                entry.get('dtype'), str) or not isinstance(
+                    entry.get('shape'), list) or not isinstance(
+                        entry.get('data_offsets'), list) or len(
+                            entry['data_offsets']) != 2:
+            raise CheckpointFileError(
+                f'{path}: safetensors entry {name[:80]!r} is '
+                'not a dtype, shape and data_offsets')
+        if entry['dtype'] not in _SAFETENSORS_DTYPES:
+            raise CheckpointFileError(f'{path}: {name[:80]} holds ' +
+                                      KIND_REFUSAL.format(name=entry['dtype']))
+        shape, (start, end) = entry['shape'], entry['data_offsets']
+        if not all(type(n) is int and n >= 0 for n in shape + [start, end]) \
+                or start > end or len(shape) > 32:
+            raise CheckpointFileError(
+                f'{path}: safetensors entry {name[:80]!r} has '
+                'a malformed shape or data_offsets')
+        if end > data:
+            raise TruncatedError(
+                f'{path} is a truncated safetensors file: its header '
+                f'describes {end:,} bytes of tensor data, the file holds '
+                f'{data:,} (an interrupted download or save?); fetch or save'
+                ' it again')
+        count = 1
+        for n in shape:
+            count *= n
+        if count * _SAFETENSORS_DTYPES[entry['dtype']] != end - start:
+            raise CheckpointFileError(
+                f'{path}: safetensors entry {name[:80]!r} of '
+                f'shape {shape} does not fill its {end - start:,}'
+                ' bytes')
+    return header
+
+
+def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, on the CPU, in file order."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    header = _safetensors_header(path)
+    try:
+        tensors = load_file(path, device='cpu')
+    except (SafetensorError, ValueError, OverflowError, MemoryError) as err:
+        raise CheckpointFileError(f'{path} is not a valid safetensors file '
+                                  f'({err})') from None
+    order = [k for k in header if k != '__metadata__']
+    return OrderedDict((k, tensors[k]) for k in order if k in tensors)
+
+
+# --- Hugging Face folders ----------------------------------------------------
+
+def _hf_config(folder: str) -> dict:
+    """Check a ``save_pretrained`` config: a ConvNeXt (V1/V2) or an UperNet
+    with one, of four stages."""
+    path = osp.join(folder, 'config.json')
+    config = _read_json(path, MAX_CONFIG, 'config')
+    if not isinstance(config, dict):
+        raise CheckpointFileError(f'{path} is not a JSON object')
+    model = config.get('backbone_config') if config.get(
+        'model_type') == 'upernet' else config
+    kind = model.get('model_type') if isinstance(model, dict) else None
+    if kind not in ('convnext', 'convnextv2'):
+        named = kind if isinstance(kind, str) else config.get('model_type')
+        raise CheckpointFileError(
+            f'{path} describes a {str(named)[:40]!r} model; convnext_mm '
+            'reads Hugging Face ConvNext, ConvNextV2 and UperNet-with-'
+            'ConvNext checkpoints')
+    stages, depths = model.get('num_stages', 4), model.get('depths', [0] * 4)
+    if type(stages) is not int or not isinstance(depths, list) or not all(
+            type(d) is int for d in depths):
+        raise CheckpointFileError(
+            f'{path}: num_stages must be an int and depths a '
+            'list of ints')
+    if stages != 4 or len(depths) != 4:
+        raise CheckpointFileError(
+            f'{path} has num_stages={stages} (depths {depths}); the ConvNeXt '
+            'of detection and segmentation has 4 stages: use a 4-stage '
+            'ConvNeXt checkpoint')
+    return config
+
+
+def _shards(folder: str, index_path: str):
+    index = _read_json(index_path, MAX_INDEX, 'index')
+    weight_map = index.get('weight_map') if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str)
+            for k, v in weight_map.items()):
+        raise CheckpointFileError(
+            f'{index_path}: expected an object whose weight_map'
+            ' maps tensor names to shard file names')
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if shard in ('', '.', '..') or osp.basename(shard) != shard or \
+                '\\' in shard or '\0' in shard:
+            raise CheckpointFileError(
+                f'{index_path} names a shard that is not a '
+                f'file name inside its folder: {shard[:80]!r}')
+        if not osp.isfile(osp.join(folder, shard)):
+            raise FileNotFoundError(f'{index_path} names shard {shard}, '
+                                    f'which is not a file in {folder}')
+    return shards
+
+
+def _read_hf_folder(folder: str, map_location) -> Dict[str, torch.Tensor]:
+    _hf_config(folder)
+    for name in _HF_WEIGHTS:
+        path = osp.join(folder, name)
+        if not osp.isfile(path):
+            continue
+        if name.endswith('.index.json'):
+            state = OrderedDict()
+            for shard in _shards(folder, path):
+                state.update(read_file(osp.join(folder, shard), map_location,
+                                       folders=False))
+            return state
+        return read_file(path, map_location, folders=False)
+    raise FileNotFoundError(
+        f'{folder} has a config.json but none of {", ".join(_HF_WEIGHTS)}')
+
+
+def read_file(path, map_location=None, folders: bool = True):
+    """Read a checkpoint file (or, with ``folders``, a Hugging Face folder)
+    without running code.
+
+    Returns what the file holds: a torch checkpoint object, or a dict of
+    tensors for safetensors and Hugging Face folders.
+    """
+    path = osp.expanduser(os.fspath(path))
+    if folders and osp.isdir(path) and \
+            osp.isfile(osp.join(path, 'config.json')):
+        return _read_hf_folder(path, map_location)
+    path = _checked_path(path)
+    if not is_safetensors(path):
+        return safe_torch_load(path, map_location=map_location)
+    state = read_safetensors(path)
+    if isinstance(map_location, (str, torch.device)):
+        state = OrderedDict(
+            (k, v.to(map_location)) for k, v in state.items())
+    return state

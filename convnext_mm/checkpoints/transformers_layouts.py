@@ -13,11 +13,10 @@ for ``bn`` and ``classifier`` for ``conv_seg``.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List
+from typing import List
 
-import torch
-
-StateDict = Dict[str, torch.Tensor]
+from .renaming import (Converted, StateDict, apply_rules,
+                       grn_and_scale_shapes, split_prefix)
 
 _BLOCK = r'encoder\.stages\.(\d+)\.layers\.(\d+)'
 RULES = [
@@ -39,6 +38,16 @@ RULES = [
 ]
 
 
+def convert_transformers(state: StateDict) -> Converted:
+    dropped = []
+    # an UperNet's backbone, or the classifiers' model under its prefix
+    for prefix in ('backbone.', 'convnext.', 'convnextv2.'):
+        state, more = split_prefix(state, prefix)
+        dropped += more
+    state, more = apply_rules(state, RULES)
+    return grn_and_scale_shapes(state), dropped + more
+
+
 def is_transformers_upernet(state: StateDict) -> bool:
     """Whether ``state`` is a whole ``UperNetForSemanticSegmentation``."""
     return 'backbone.embeddings.patch_embeddings.weight' in state and any(
@@ -57,8 +66,7 @@ def upernet_to_mmseg(state: StateDict) -> StateDict:
 
     Every tensor is accounted for: a key that maps nowhere is an error.
     """
-    from .layouts import _split_prefix, convert_transformers
-    backbone, others = _split_prefix(state, 'backbone.')
+    backbone, others = split_prefix(state, 'backbone.')
     converted, dropped = convert_transformers(backbone)
     out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
     unknown: List[str] = [f'backbone.{k}' for k in dropped]

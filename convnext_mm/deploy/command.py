@@ -7,10 +7,12 @@ import platform
 import tempfile
 from typing import List, Optional
 
+import cv2
 import numpy as np
 
 from .. import launch
 from ..errors import user_errors
+from ..synthetic.shapes import draw_scene
 from . import verify
 from .support import check_export_support
 
@@ -37,9 +39,7 @@ def _check_out_dir(out: str) -> None:
 def read_image(path: Optional[str]) -> np.ndarray:
     """The image to export and verify on (BGR), refused in one line when
     it cannot be read."""
-    import cv2
     if path is None:
-        from ..synthetic.shapes import draw_scene
         return draw_scene(np.random.default_rng(0), DEFAULT_IMAGE_SIZE)[0]
     if not osp.isfile(path):
         raise FileNotFoundError(f'--image {path} does not exist')
@@ -114,7 +114,7 @@ def run(args) -> int:
         check_request(args, cfg)
         image = read_image(args.image)
         model = launch.check_model(cfg, training=False)
-        launch.check_checkpoint_fits(model, args.checkpoint)
+        launch.check_checkpoint(model, args.checkpoint)
         del model
     deploy_cfg = deploy_config(cfg, args.dynamic, args.shape)
     exported = Exported(cfg, deploy_cfg, args.checkpoint, image)

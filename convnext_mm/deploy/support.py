@@ -2,7 +2,7 @@
 verified against PyTorch in our tests), checked before any work starts."""
 from mmengine.config import Config
 
-from ..launch import ConfigError
+from ..errors import ConfigError
 
 # (config path, supported types); a part the config does not have is fine
 SUPPORTED = (

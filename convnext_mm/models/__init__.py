@@ -1,4 +1,5 @@
 """Models: the ConvNeXt backbone."""
-from .convnext import ARCH_SETTINGS, ConvNeXt, find_arch
+from ..arch import ARCH_SETTINGS, find_arch
+from .convnext import ConvNeXt
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'find_arch']

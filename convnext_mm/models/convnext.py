@@ -11,16 +11,13 @@ Where the speed over mmpretrain's implementation comes from:
   is a free view instead of a copy;
 - the layer scale is folded into ``pwconv2``'s weight and bias (exact under
   autograd, one pass over the activations less, one saved tensor less);
-- in float32 CPU inference the two pointwise Linears run as oneDNN kernels,
-  the first with GELU fused in (the kernels PyTorch's own compiler emits);
-  under bf16 autocast too, but only on CPUs with native bf16, and never
-  while the model is traced, exported or compiled (the fused op has no
-  symbolic form there; the plain ops compute the same values).
+- in CPU inference the two pointwise Linears run as oneDNN's fused kernels
+  (:mod:`.cpu_fused` says when).
 
 Outputs are returned as ordinary contiguous NCHW tensors because some
 compiled ops downstream (RoIAlign) assume that layout.
 """
-from typing import Dict, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -30,29 +27,10 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS as MMENGINE_MODELS
 
+from ..arch import ARCH_SETTINGS
+from ..checkpoints.pretrained import check_final_norm, load_pretrained
 from ..registry import MODELS, register_everywhere
-
-ARCH_SETTINGS: Dict[str, Dict[str, Sequence[int]]] = {
-    'atto': dict(depths=(2, 2, 6, 2), channels=(40, 80, 160, 320)),
-    'femto': dict(depths=(2, 2, 6, 2), channels=(48, 96, 192, 384)),
-    'pico': dict(depths=(2, 2, 6, 2), channels=(64, 128, 256, 512)),
-    'nano': dict(depths=(2, 2, 8, 2), channels=(80, 160, 320, 640)),
-    'tiny': dict(depths=(3, 3, 9, 3), channels=(96, 192, 384, 768)),
-    'small': dict(depths=(3, 3, 27, 3), channels=(96, 192, 384, 768)),
-    'base': dict(depths=(3, 3, 27, 3), channels=(128, 256, 512, 1024)),
-    'large': dict(depths=(3, 3, 27, 3), channels=(192, 384, 768, 1536)),
-    'xlarge': dict(depths=(3, 3, 27, 3), channels=(256, 512, 1024, 2048)),
-    'huge': dict(depths=(3, 3, 27, 3), channels=(352, 704, 1408, 2816)),
-}
-
-
-def find_arch(depths, channels) -> Optional[str]:
-    """Return the name of the arch with these depths and channels, if any."""
-    for name, setting in ARCH_SETTINGS.items():
-        if tuple(setting['depths']) == tuple(depths) and \
-                tuple(setting['channels']) == tuple(channels):
-            return name
-    return None
+from . import cpu_fused
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -81,67 +59,6 @@ class GRN(nn.Module):
         gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma * (x * nx) + self.beta + x
-
-
-def _onednn_linear():
-    """oneDNN's fused linear(+pointwise) op, when this torch build has it."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-    return op if torch.backends.mkldnn.is_available() else None
-
-
-_LINEAR_POINTWISE = _onednn_linear()
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16, AMX, Arm
-    BF16), as torch reports its instruction sets. Elsewhere oneDNN emulates
-    bf16 and the fused kernels lose to PyTorch's own path."""
-    global _NATIVE_BF16
-    if _NATIVE_BF16 is None:
-        get = getattr(torch.cpu, 'get_capabilities', None)
-        if get is not None:
-            caps = get()
-            _NATIVE_BF16 = any(
-                caps.get(k) for k in ('avx512_bf16', 'amx_bf16', 'bf16',
-                                      'sve_bf16'))
-        else:
-            _NATIVE_BF16 = bool(torch.cpu._is_avx512_bf16_supported()
-                                or torch.cpu._is_amx_tile_supported())
-    return _NATIVE_BF16
-
-
-_NATIVE_BF16: Optional[bool] = None
-
-
-def being_transformed(x: torch.Tensor) -> bool:
-    """True while the model is traced, scripted, exported or compiled: the
-    fused op has no symbolic or export form, so the plain ops must run."""
-    if type(x) is not torch.Tensor:  # fake, functional or FX proxy tensors
-        return True
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or getattr(torch.compiler, 'is_exporting', lambda: False)())
-
-
-def _onednn_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    """The dtype to run the fused inference kernels in, or None for the plain
-    path. The op has no autograd formula and autocast does not see it, so
-    under CPU bf16 autocast we cast its inputs as autocast would."""
-    if (_LINEAR_POINTWISE is None or x.device.type != 'cpu'
-            or torch.is_grad_enabled() or not torch.backends.mkldnn.enabled
-            or being_transformed(x)):
-        return None
-    if not torch.is_autocast_enabled('cpu'):
-        return torch.float32 if x.dtype == torch.float32 else None
-    if torch.get_autocast_dtype('cpu') == torch.bfloat16 and \
-            x.dtype in (torch.float32, torch.bfloat16) and native_bf16() \
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -184,17 +101,10 @@ class ConvNeXtBlock(nn.Module):
             # gamma * (W x + b) == (gamma W) x + gamma b
             weight2 = weight2 * self.gamma[:, None]
             bias2 = bias2 * self.gamma
-        dtype = _onednn_dtype(x)
+        dtype = cpu_fused.fused_dtype(x)
         if dtype is not None:
-            weight1, bias1 = self.pwconv1.weight, self.pwconv1.bias
-            if dtype != torch.float32:
-                x, weight1, bias1, weight2, bias2 = (
-                    t.to(dtype) for t in (x, weight1, bias1, weight2, bias2))
-            x = _LINEAR_POINTWISE(x, weight1, bias1, 'gelu', [], 'none')
-            if self.grn is not None:
-                # autocast may run GRN's reductions in float32
-                x = self.grn(x).to(dtype)
-            x = _LINEAR_POINTWISE(x, weight2, bias2, 'none', [], '')
+            x = cpu_fused.mlp(x, self.pwconv1.weight, self.pwconv1.bias,
+                              self.grn, weight2, bias2, dtype)
         else:
             x = self.act(self.pwconv1(x))
             if self.grn is not None:
@@ -279,7 +189,6 @@ class ConvNeXt(BaseModule):
                     "init_cfg=dict(type='Pretrained', checkpoint=...)")
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            from ..checkpoints.pretrained import check_final_norm
             check_final_norm(init_cfg.get('final_norm'))
         super().__init__(init_cfg=init_cfg)
         self.arch = arch
@@ -373,7 +282,6 @@ class ConvNeXt(BaseModule):
                 constant_init(module, 1., bias=0.)
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..checkpoints import load_pretrained
             load_pretrained(
                 self,
                 cfg['checkpoint'],

@@ -1,0 +1,244 @@
+"""How a checkpoint maps onto a model: the one checker and its report.
+
+:func:`examine` takes a model and what :mod:`.safe_load` read, and returns a
+:class:`Report`: the layout, the tensors that load (under the model's
+names), what stays fresh, what is left out, and the problems that forbid
+loading. The pre-flight checks print it and the loaders load from it, so
+both say the same thing. Two kinds of model are examined:
+
+- a ConvNeXt backbone (``init_cfg=dict(type='Pretrained')``): any known
+  layout is converted to our names (:mod:`.layouts`), the arch and GRN are
+  compared, and a classifier's final norm is placed as ``final_norm`` says
+  (``'fresh'``: the paper's start, norm0..norm3 begin as ones/zeros;
+  ``'copy'``: into the last stage norm, as mmdet 3.x does). A classification
+  model applies the final norm to pooled vectors, so there it is copied;
+- a whole model (``load_from``, a test or deploy checkpoint): the state dict
+  as mmengine loads it (``state_dict`` unwrapped, ``module.`` stripped); a
+  ConvNeXt backbone's arch is compared as above.
+
+Problems are weights that would load silently wrong (mmengine copies NaN/Inf,
+integer tensors cast to the parameter's dtype, and meta tensors without a
+word) and shapes that do not fit.
+"""
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from ..arch import find_arch
+from .layouts import LAYOUT_DESCRIPTIONS, infer_arch, to_convnext_mm, unwrap
+
+FINAL_NORM = ('fresh', 'copy')
+WHOLE_MODEL = 'whole_model'
+
+
+def check_final_norm(value) -> str:
+    """The ``final_norm`` choice of a Pretrained init_cfg, checked."""
+    if value is None:
+        return 'fresh'
+    if value not in FINAL_NORM:
+        raise ValueError(
+            f"init_cfg final_norm={value!r}: use 'fresh' (the paper's start: "
+            "norm0..norm3 begin as ones/zeros) or 'copy' (the classifier's "
+            'final norm goes into the last stage norm, as mmdet 3.x does)')
+    return value
+
+
+def summarise(names: Iterable[str], limit: int = 8) -> str:
+    """'norm0 (2), stages.1 (40)' style summary grouped by leading module."""
+    groups: Dict[str, int] = OrderedDict()
+    for name in names:
+        parts = name.split('.')
+        depth = 2 if parts[0] in ('stages', 'backbone') else 1
+        head = '.'.join(parts[:depth])
+        groups[head] = groups.get(head, 0) + 1
+    shown = [f'{g} ({n})' for g, n in list(groups.items())[:limit]]
+    if len(groups) > limit:
+        shown.append(f'... {len(groups) - limit} more')
+    return ', '.join(shown)
+
+
+@dataclass
+class Report:
+    """What a checkpoint gives a model; see the module docstring."""
+    source: str
+    layout: str
+    state: Dict[str, torch.Tensor]
+    loaded: List[str] = field(default_factory=list)
+    fresh: List[str] = field(default_factory=list)
+    left_out: List[str] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    note: str = ''
+    model_size: int = 0
+
+    def check(self) -> 'Report':
+        """Raise one ValueError naming the problems, if any."""
+        if self.problems:
+            more = f' (and {len(self.problems) - 3} more)' if len(
+                self.problems) > 3 else ''
+            raise ValueError(f'{self.source}: ' + '; '.join(
+                self.problems[:3]) + more + '; refusing to load it')
+        return self
+
+    def lines(self) -> List[str]:
+        """The report as logged: layout, loaded, fresh, left out."""
+        name = LAYOUT_DESCRIPTIONS.get(self.layout, self.layout)
+        what = "the backbone's" if self.layout != WHOLE_MODEL else \
+            "the model's"
+        lines = [f'ConvNeXt: {self.source}: layout {name}',
+                 f'  loaded: {len(self.loaded)} of {what} {self.model_size} '
+                 'tensors' + (self.note if not self.fresh else '')]
+        if self.fresh:
+            lines.append('  fresh (not in the checkpoint): '
+                         f'{summarise(self.fresh)}{self.note}')
+        if self.left_out:
+            lines.append('  left out (not part of this model): '
+                         f'{summarise(self.left_out)}')
+        return lines
+
+
+def bad_weight(name: str, value: torch.Tensor,
+               expected: Optional[torch.dtype] = None) -> Optional[str]:
+    """Why ``value`` is unfit to be the weight ``name``, or None.
+
+    ``expected`` is the model's dtype for that weight; without it the weight
+    must be floating point.
+    """
+    if value.is_meta:
+        return (f'{name} is a meta tensor (shape only, no data): the file '
+                'was saved from a model that was never materialised')
+    floating = expected is None or expected.is_floating_point
+    if floating and not value.is_floating_point():
+        return (f'{name} has dtype {value.dtype}, but weights are floating '
+                'point: loading it would turn its values into integers')
+    if expected is not None and not expected.is_floating_point and \
+            value.is_floating_point():
+        return f'{name} has dtype {value.dtype}, the model {expected}'
+    if value.is_floating_point() and value.numel() and \
+            not bool(torch.isfinite(value).all()):
+        count = int((~torch.isfinite(value)).sum())
+        return (f'{name} holds {count} NaN/Inf value(s) of {value.numel()}: '
+                'the file is corrupt or was saved from a diverged run')
+    return None
+
+
+def is_convnext(module) -> bool:
+    """Whether ``module`` is our ConvNeXt backbone (what this module reads of
+    it: its arch, GRN and final-norm settings; the class itself lives in
+    :mod:`convnext_mm.models`, which loads through this package)."""
+    return all(hasattr(module, name) for name in (
+        'depths', 'channels', 'use_grn', 'num_stages',
+        'gap_before_final_norm')) and hasattr(module, 'downsample_layers')
+
+
+def _describe(depths, channels) -> str:
+    name = find_arch(depths, channels)
+    spec = f'depths {list(depths)}, channels {list(channels)}'
+    return f"arch '{name}' ({spec})" if name else f'a custom arch ({spec})'
+
+
+def _arch_problem(backbone, state) -> Optional[str]:
+    """The ConvNeXt ``state`` (our names) is of another arch or V1/V2."""
+    depths, channels = infer_arch(state)
+    if (depths, channels) != (tuple(backbone.depths),
+                              tuple(backbone.channels)):
+        fit = find_arch(depths, channels)
+        hint = (f"set arch='{fit}'" if fit else
+                f'set arch=dict(depths={list(depths)}, '
+                f'channels={list(channels)})')
+        return (f'holds a ConvNeXt of {_describe(depths, channels)}, but the '
+                f'model is {_describe(backbone.depths, backbone.channels)}: '
+                f'{hint} in the backbone config, or use a checkpoint of the '
+                "model's arch")
+    has_grn = any('.grn.' in k for k in state)
+    if has_grn != bool(backbone.use_grn):
+        return (f'is a ConvNeXt {"V2 (with GRN)" if has_grn else "V1"} '
+                f'checkpoint but the model is built with use_grn='
+                f'{backbone.use_grn}:' +
+                (' set use_grn=True, layer_scale_init_value=0.'
+                 if has_grn else ' set use_grn=False'))
+    return None
+
+
+def _place_final_norm(backbone, state, final_norm: str) -> str:
+    """Copy or leave out a classifier's final norm (``norm.*``); return the
+    note for the report, if any."""
+    if 'norm.weight' not in state:
+        return ''
+    last = f'norm{backbone.num_stages - 1}'
+    if not hasattr(backbone, last):
+        return ''
+    if backbone.gap_before_final_norm or final_norm == 'copy':
+        for name in ('weight', 'bias'):
+            if f'norm.{name}' in state:
+                state[f'{last}.{name}'] = state.pop(f'norm.{name}')
+        return '' if backbone.gap_before_final_norm else (
+            f" (final_norm='copy': {last} holds the classifier's final norm)")
+    return (f" (the paper's start: the classifier's final norm is not "
+            f"copied into {last}; init_cfg final_norm='copy' does, as mmdet "
+            '3.x)')
+
+
+def _fill(report: Report, own: Dict[str, torch.Tensor], state,
+          dropped: List[str]) -> Report:
+    """Loaded, fresh, left out and the weight/shape problems."""
+    for key, value in state.items():
+        if key not in own:
+            report.left_out.append(key)
+            continue
+        if own[key].shape != value.shape:
+            report.problems.append(f'{key}: checkpoint {tuple(value.shape)} '
+                                   f'vs model {tuple(own[key].shape)}')
+            continue
+        why = bad_weight(key, value, own[key].dtype)
+        if why:
+            report.problems.append(why)
+        report.state[key] = value
+    report.left_out[:0] = dropped
+    report.loaded = list(report.state)
+    report.fresh = [k for k in own if k not in report.state]
+    report.model_size = len(own)
+    return report
+
+
+def examine(model, checkpoint, source: str, prefix: Optional[str] = None,
+            final_norm: Optional[str] = None) -> Report:
+    """Map ``checkpoint`` (as read) onto ``model``: a ConvNeXt backbone or a
+    whole model (see the module docstring). ``model`` may be built on the
+    meta device (only shapes and dtypes are compared). Structural mismatches
+    (not a checkpoint, another arch) raise a ValueError at once; the rest is
+    in the report's ``problems``."""
+    own = model.state_dict()
+    if is_convnext(model):
+        final_norm = check_final_norm(final_norm)
+        try:
+            state, dropped, layout = to_convnext_mm(checkpoint, prefix=prefix)
+        except ValueError as err:
+            raise ValueError(f'{source}: {err}') from None
+        problem = _arch_problem(model, state)
+        if problem:
+            raise ValueError(f'{source} {problem}')
+        note = _place_final_norm(model, state, final_norm)
+        report = Report(source, layout, OrderedDict(), note=note)
+        return _fill(report, own, state, dropped)
+    try:
+        state = unwrap(checkpoint)
+    except ValueError as err:
+        raise ValueError(f'{source}: {err}') from None
+    if all(k.startswith('module.') for k in state):
+        state = OrderedDict((k[7:], v) for k, v in state.items())
+    backbone = getattr(model, 'backbone', None)
+    if is_convnext(backbone) and any(
+            k.startswith('backbone.') for k in state):
+        converted, _, _ = to_convnext_mm(
+            {k: v for k, v in state.items() if k.startswith('backbone.')})
+        problem = _arch_problem(backbone, converted)
+        if problem:
+            raise ValueError(f'{source} {problem}')
+    report = _fill(Report(source, WHOLE_MODEL, OrderedDict()), own, state, [])
+    if not report.loaded and not report.problems:
+        raise ValueError(
+            f'{source} shares no parameter name with the model of this '
+            f'config; its first keys: {", ".join(list(state)[:5])}')
+    return report

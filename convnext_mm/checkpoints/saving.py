@@ -1,0 +1,80 @@
+"""Write files so that they appear whole or not at all, readable as the
+user's other files are.
+
+A temporary file in the destination's folder is written, flushed to disk and
+renamed into place (``os.replace``, atomic on one file system); on any error
+it is removed and an existing destination stays as it was. Temporary files
+are created private (mode 0600); the finished file gets the mode a plain
+``open`` would have given it (0666 less the umask), so a shared cache stays
+readable to the next user.
+"""
+import os
+import os.path as osp
+import tempfile
+from contextlib import contextmanager
+from typing import Dict, Optional
+
+import torch
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where Linux has it (setting it to
+    read it would change it for every thread for a moment)."""
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(dst, overwrite: bool = True):
+    """Yield a binary file that becomes ``dst`` only when the block
+    completes.
+
+    With ``overwrite=False`` a ``dst`` that appeared meanwhile is left alone
+    and FileExistsError is raised (the rename is then a hard link, which
+    fails instead of replacing).
+    """
+    dst = os.fspath(dst)
+    folder = osp.dirname(dst) or '.'
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=osp.basename(dst)[:100] +
+                               '.', suffix='.partial')
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                raise FileExistsError(
+                    f'{dst} appeared while it was being written; it was '
+                    'left as it is (pass --force to overwrite it)') from None
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def write_safetensors(state: Dict[str, torch.Tensor], out,
+                      metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write ``state`` to the open binary file ``out`` as safetensors.
+
+    Tensors are stored contiguous and unshared (the format keeps no views).
+    """
+    from safetensors.torch import save
+    out.write(
+        save({k: v.detach().contiguous().clone()
+              for k, v in state.items()},
+             metadata={k: str(v)
+                       for k, v in (metadata or {}).items()}))

@@ -1,0 +1,400 @@
+"""Read a torch checkpoint file (``torch.save``'s zip or legacy format)
+without ``torch.load``.
+
+The format is decided as torch decides it, by the first bytes: a zip local
+header is the zip format, a tar header the ``.tar`` format (refused: it can
+only be read by running its pickles), anything else the legacy stream. Then
+every byte of the file is accounted for before anything is built from it:
+
+- zip: the records lie back to back from offset 0, each where the central
+  directory says and no other, the directory follows the last one and the
+  end record ends the file. A second directory, a prefix (a pickle with a
+  zip appended), trailing data, duplicate or stray names, a deflated record
+  inflating past :data:`MAX_INFLATION` are refused;
+- legacy: the five pickles and the storages they announce fill the file
+  exactly, each storage's length checked against its announced size.
+
+Pickles are read by :mod:`.unpickler` with :mod:`.vocabulary`; storages are
+read into memory by this module and handed to the tensors' builders.
+``map_location`` is applied to each storage as ``torch.load`` applies it.
+"""
+import io
+import os
+import pickle
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from typing import BinaryIO, Dict, Optional
+
+import torch
+
+from .unpickler import (CheckpointFileError, CheckpointTooCostlyError,
+                        Machine, MalformedPickleError, TruncatedError,
+                        UnsafeCheckpointError)
+from .vocabulary import VOCABULARY, Storage, StorageType
+
+MAX_INFLATION = 20  # uncompressed / compressed size of one zip record
+MAX_PICKLE_BYTES = 1 << 30
+_ZIP_MAGIC = b'PK\x03\x04'
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_LEGACY_VERSION = 1001
+_LOCAL = struct.Struct('<4s2B4HL2L2H')  # a zip local file header
+_EOCD = struct.Struct('<4s4H2LH')
+_KEY = re.compile(r'[0-9A-Za-z_.-]{1,64}')
+_LOCATION = re.compile(r'[a-z]{2,16}(:\d{1,4})?')
+
+
+class TorchFileError(CheckpointFileError):
+    """A file that is not a torch checkpoint this module reads."""
+
+
+def _restore(map_location):
+    """torch.load's own rule for ``map_location`` (None, a device, a dict of
+    locations or a function of (storage, location))."""
+    get = getattr(torch.serialization, '_get_restore_location', None)
+    if get is None:  # pragma: no cover - every torch we support has it
+        return lambda storage, location: storage
+    return get(map_location)
+
+
+class _Storages:
+    """The persistent-id handler: a storage per key, read once."""
+
+    def __init__(self, read, map_location, where: str, legacy=False):
+        self.read = read  # key, nbytes -> bytearray
+        self.restore = _restore(map_location)
+        self.where = where
+        self.legacy = legacy
+        self.by_key: Dict[str, Storage] = {}
+
+    def __call__(self, pid):
+        if type(pid) is not tuple or len(pid) not in (5, 6) or \
+                pid[0] != 'storage' or len(pid) != (6 if self.legacy else 5):
+            raise UnsafeCheckpointError(
+                f'{self.where}: refusing to load it: a persistent id that is '
+                'not a tensor storage')
+        kind, key, location, numel = pid[1:5]
+        if not isinstance(kind, StorageType) or type(key) is not str or \
+                not _KEY.fullmatch(key) or type(location) is not str or \
+                not _LOCATION.fullmatch(location) or type(numel) is not int \
+                or numel < 0 or (self.legacy and pid[5] is not None):
+            raise MalformedPickleError(
+                f'{self.where}: a storage reference of an unknown form')
+        known = self.by_key.get(key)
+        if known is not None:
+            if known.dtype != kind.dtype or known.numel != numel:
+                raise MalformedPickleError(
+                    f'{self.where}: storage {key} is read as two types')
+            return known
+        nbytes = numel * kind.dtype.itemsize
+        data = self.read(key, nbytes)
+        untyped = torch.frombuffer(data, dtype=torch.uint8).untyped_storage() \
+            if nbytes else torch.UntypedStorage(0)
+        try:
+            untyped = self.restore(untyped, location)
+        except RuntimeError as err:
+            raise ValueError(f'{self.where}: its tensors were saved on '
+                             f'{location}: {err}') from None
+        storage = Storage(kind.dtype, untyped, numel)
+        self.by_key[key] = storage
+        return storage
+
+
+def _run_pickle(stream, end, where, persistent_load=None):
+    return Machine(VOCABULARY, persistent_load, where).load(stream, end)
+
+
+# --- the zip format ----------------------------------------------------------
+
+def _zip_layout(handle: BinaryIO, size: int, where: str):
+    """The ZipFile and its prefix, once every byte of the file is accounted
+    for (see the module docstring)."""
+    handle.seek(0)
+    try:
+        archive = zipfile.ZipFile(handle)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        if isinstance(err, zipfile.BadZipFile) and 'not a zip file' in str(
+                err):
+            raise TruncatedError(
+                f'{where} is truncated: it starts as a torch zip checkpoint '
+                'but has no zip directory at its end (an interrupted save '
+                'or download?)') from None
+        raise TorchFileError(f'{where}: a damaged zip checkpoint '
+                             f'({err})') from None
+    infos = archive.infolist()
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise TorchFileError(f'{where}: the zip checkpoint names a record '
+                             'twice; refusing a file that reads two ways')
+    pickles = [n for n in names if n.endswith('/data.pkl')
+               and n.count('/') == 1]
+    if len(pickles) != 1:
+        raise TorchFileError(
+            f'{where}: a zip file that is not a torch checkpoint (no '
+            '<name>/data.pkl record)')
+    prefix = pickles[0][:-len('data.pkl')]
+    stray = [n for n in names if not n.startswith(prefix)]
+    if stray:
+        raise TorchFileError(f'{where}: the zip checkpoint has records '
+                             f'outside {prefix}: {stray[0][:80]}')
+    offset = 0
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    starts = [i.header_offset for i in ordered[1:]] + [archive.start_dir]
+    for info, following in zip(ordered, starts):
+        if info.header_offset != offset:
+            raise TorchFileError(
+                f'{where}: the zip checkpoint has '
+                f'{info.header_offset - offset:,} unaccounted bytes before '
+                f'{info.filename[:80]}; refusing a file that reads two ways')
+        handle.seek(offset)
+        header = handle.read(_LOCAL.size)
+        if len(header) != _LOCAL.size or header[:4] != _ZIP_MAGIC:
+            raise TorchFileError(f'{where}: a damaged zip record '
+                                 f'{info.filename[:80]}')
+        fields = _LOCAL.unpack(header)
+        offset += _LOCAL.size + fields[-2] + fields[-1] + info.compress_size
+        if info.flag_bits & 0x08:
+            offset += _descriptor_length(handle, offset, following - offset,
+                                         info, where)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > \
+                max(MAX_INFLATION * max(info.compress_size, 1), 1 << 20):
+            raise CheckpointTooCostlyError(
+                f'{where}: record {info.filename[:80]} is compressed '
+                f'{info.compress_size:,} -> {info.file_size:,} bytes (over '
+                f'{MAX_INFLATION}x; torch.save never compresses): a '
+                'decompression bomb. Refusing to load it')
+    if offset != archive.start_dir:
+        raise TorchFileError(
+            f'{where}: the zip checkpoint\'s directory is not where its '
+            'records end (a second directory?); refusing a file that reads '
+            'two ways')
+    handle.seek(size - _EOCD.size)
+    end = handle.read(_EOCD.size)
+    if len(end) != _EOCD.size or end[:4] != b'PK\x05\x06' or \
+            _EOCD.unpack(end)[-1] != 0:
+        raise TorchFileError(
+            f'{where}: data follows the zip checkpoint\'s end record; '
+            'refusing a file that reads two ways')
+    directory_end = size - _EOCD.size
+    cd_size = _EOCD.unpack(end)[5]
+    handle.seek(directory_end - 20)
+    locator = handle.read(20)
+    if locator[:4] == b'PK\x06\x07':  # zip64: torch writes it always
+        record = struct.unpack('<Q', locator[8:16])[0]
+        handle.seek(record)
+        head = handle.read(48)
+        if head[:4] != b'PK\x06\x06' or len(head) < 48 or record + 12 + \
+                struct.unpack('<Q', head[4:12])[0] != directory_end - 20:
+            raise TorchFileError(f'{where}: a damaged zip64 end record')
+        cd_size = struct.unpack('<Q', head[40:48])[0]
+        directory_end = record
+    if archive.start_dir + cd_size != directory_end:
+        raise TorchFileError(
+            f'{where}: the zip checkpoint has bytes between its directory '
+            'and its end record (a second directory?); refusing a file that '
+            'reads two ways')
+    return archive, prefix
+
+
+def _descriptor_length(handle, offset, room, info, where) -> int:
+    """Length of the data descriptor at ``offset`` (an optional signature,
+    the CRC, then 4- or 8-byte sizes), which must repeat the directory's and
+    fill the ``room`` before the next record."""
+    handle.seek(offset)
+    raw = handle.read(28)
+    start = 4 if raw[:4] == b'PK\x07\x08' else 0
+    crc = struct.unpack('<L', raw[start:start + 4])[0] if \
+        len(raw) >= start + 4 else None
+    for fmt in ('<2L', '<2Q'):
+        width = struct.calcsize(fmt)
+        sizes = raw[start + 4:start + 4 + width]
+        if crc == info.CRC and len(sizes) == width and struct.unpack(
+                fmt, sizes) == (info.compress_size, info.file_size) and \
+                start + 4 + width == room:
+            return start + 4 + width
+    raise TorchFileError(f'{where}: the data descriptor of '
+                         f'{info.filename[:80]} does not match its directory '
+                         'entry')
+
+
+def _read_record(archive, name: str, nbytes: int, where: str) -> bytearray:
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise MalformedPickleError(f'{where}: storage record {name} is '
+                                   'missing') from None
+    if info.file_size != nbytes:
+        raise MalformedPickleError(
+            f'{where}: storage record {name} holds {info.file_size:,} bytes, '
+            f'its tensor announces {nbytes:,}')
+    return _read_member(archive, info, where)
+
+
+def _read_member(archive, info, where: str) -> bytearray:
+    """A record's bytes; zipfile checks their CRC as it reads."""
+    data = bytearray(info.file_size)
+    try:
+        with archive.open(info) as member:
+            if member.readinto(data) != info.file_size or member.read(1):
+                raise TruncatedError(f'{where} is truncated in '
+                                     f'{info.filename[:80]}')
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise TorchFileError(f'{where}: record {info.filename[:80]} is '
+                             f'damaged ({err})') from None
+    return data
+
+
+def _load_zip(handle, size, where, map_location):
+    archive, prefix = _zip_layout(handle, size, where)
+    with archive:
+        order = archive.NameToInfo.get(prefix + 'byteorder')
+        if order is not None and \
+                _read_member(archive, order, where) != b'little':
+            raise TorchFileError(
+                f'{where} was saved on a big-endian machine; convnext_mm '
+                'reads little-endian checkpoints (re-save it on x86 or Arm)')
+        info = archive.getinfo(prefix + 'data.pkl')
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointTooCostlyError(
+                f'{where}: its pickle is {info.file_size:,} bytes, beyond '
+                'any model checkpoint. Refusing to load it')
+        data = _read_member(archive, info, where)
+        storages = _Storages(
+            lambda key, n: _read_record(archive, f'{prefix}data/{key}', n,
+                                        where), map_location, where)
+        return _run_pickle(io.BytesIO(data), len(data), where, storages)
+
+
+# --- the legacy format -------------------------------------------------------
+
+def _load_legacy(handle, size, where, map_location):
+    pending = {}
+
+    def later(key, nbytes):
+        pending[key] = data = bytearray(nbytes)
+        return data
+
+    handle.seek(0)
+    head = [_run_pickle(handle, size, where) for _ in range(3)]
+    magic, version, info = head
+    if magic != _LEGACY_MAGIC:
+        raise TorchFileError(f'{where} is not a PyTorch checkpoint (neither '
+                             'a zip nor a legacy torch file)')
+    if version != _LEGACY_VERSION or not isinstance(info, dict) or \
+            info.get('little_endian') is not True:
+        raise TorchFileError(
+            f'{where}: a legacy torch file of protocol {version!r} or from '
+            'a big-endian machine; re-save it with a current torch')
+    # storages are filled after the main pickle: its tensors share them
+    storages = _Storages(later, 'cpu', where, legacy=True)
+    value = _run_pickle(handle, size, where, storages)
+    keys = _run_pickle(handle, size, where)
+    if type(keys) is not list or sorted(keys) != sorted(pending):
+        raise MalformedPickleError(
+            f'{where}: its storage list does not match its tensors')
+    for key in keys:
+        data = pending[key]
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise TruncatedError(f'{where} is truncated: storage {key} is '
+                                 'missing')
+        numel = struct.unpack('<q', raw)[0]
+        if numel * storages.by_key[key].dtype.itemsize != len(data):
+            raise MalformedPickleError(
+                f'{where}: storage {key} announces two sizes')
+        if handle.readinto(data) != len(data):
+            raise TruncatedError(f'{where} is truncated in storage {key} '
+                                 '(an interrupted save or download?)')
+    if handle.tell() != size:
+        raise TorchFileError(
+            f'{where}: {size - handle.tell():,} bytes follow the legacy '
+            'checkpoint\'s data; refusing a file that reads two ways')
+    if map_location not in (None, 'cpu') and storages.by_key:
+        restore = _restore(map_location)
+        moved = {}
+        for key, storage in storages.by_key.items():
+            moved[id(storage.untyped)] = restore(storage.untyped, 'cpu')
+        value = _move(value, moved)
+    return value
+
+
+def _move(value, moved):
+    """Tensors of ``value`` on the storages ``map_location`` moved (legacy
+    files only, which torch maps before filling)."""
+    if isinstance(value, torch.Tensor):
+        target = moved.get(id(value.untyped_storage()))
+        return value if target is None else value.to(target.device)
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = _move(value[key], moved)
+    elif isinstance(value, list):
+        value[:] = [_move(v, moved) for v in value]
+    return value
+
+
+def load(file, map_location=None, where: Optional[str] = None):
+    """Read a torch checkpoint (a path or a seekable binary file).
+
+    Raises:
+        UnsafeCheckpointError: it asks for something outside the vocabulary,
+            or is in the ``.tar`` format.
+        CheckpointTooCostlyError: over a bound.
+        TruncatedError: it ends before what it announces.
+        ValueError: anything else that is not a torch checkpoint.
+    """
+    opened = isinstance(file, (str, os.PathLike))
+    where = where or (os.fspath(file) if opened else 'the checkpoint')
+    handle = open(file, 'rb') if opened else file
+    try:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(0)
+        head = handle.read(4)
+        if not head:
+            raise TruncatedError(f'{where} is empty (an interrupted save or '
+                                 'download?)')
+        if head == _ZIP_MAGIC:
+            return _load_zip(handle, size, where, map_location)
+        handle.seek(0)
+        if size >= 512 and _is_tar(handle):
+            raise UnsafeCheckpointError(
+                f'{where} is in torch\'s legacy .tar format, which can only '
+                'be loaded by running its pickles unchecked. If you trust '
+                'the file, re-save it once with torch.save(torch.load(OLD, '
+                'weights_only=False), NEW) and load NEW')
+        if head[:1] != pickle.PROTO and head[:1] not in b'(}]cK':
+            raise TorchFileError(
+                f'{where} is not a PyTorch checkpoint: it is neither a zip '
+                'nor a pickle stream')
+        return _load_legacy(handle, size, where, map_location)
+    finally:
+        if opened:
+            handle.close()
+
+
+def _is_tar(handle) -> bool:
+    try:
+        return tarfile.is_tarfile(handle)
+    except (OSError, ValueError, EOFError):
+        return False
+    finally:
+        handle.seek(0)
+
+
+def is_complete(path: str) -> bool:
+    """Whether the torch file at ``path`` is whole: for the zip format its
+    records and directory (cheap: no tensor is read), else a full read."""
+    try:
+        with open(path, 'rb') as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(0)
+            if handle.read(4) != _ZIP_MAGIC:
+                load(handle, 'cpu', path)
+                return True
+            archive, _ = _zip_layout(handle, size, path)
+            archive.close()
+            return True
+    except (ValueError, pickle.UnpicklingError, OSError, MemoryError):
+        return False

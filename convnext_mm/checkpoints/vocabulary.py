@@ -1,0 +1,435 @@
+"""What a checkpoint's pickle may name, and how each is built by our code.
+
+The table :data:`VOCABULARY` is everything torch, numpy and mmengine write
+into model and training checkpoints. Each entry's function checks its
+arguments before building: a numpy array is rebuilt from a dtype of a fixed
+list (bool, integers, floats, fixed-length bytes and str), a shape and bytes
+whose length must match them; a tensor from a storage of ours, with its
+offset, sizes and strides checked against the storage; an mmengine
+``HistoryBuffer`` through its constructor after its state is checked (its
+``__setstate__`` would merge a file's statistics methods into the class-wide
+table). No entry is the library's own function: nothing a file names is
+called with the file's arguments.
+
+Tensors of other kinds (float8, complex, quantized, sparse) are named and
+refused: ConvNeXt weights and training state have none.
+"""
+import re
+from collections import Counter, OrderedDict
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+
+from .unpickler import Call, Internal, New, Pending, Refused
+
+MAX_DIMS = 32
+
+# --- numpy -------------------------------------------------------------------
+_NUMPY_SPEC = re.compile(r'(b1|[iu][1248]|f[248]|[SU][1-9]\d{0,5})')
+_BYTE_ORDERS = ('<', '>', '|', '=')
+
+
+def _shape(value, what: str) -> tuple:
+    if type(value) is not tuple or len(value) > MAX_DIMS or not all(
+            type(n) is int and 0 <= n < 1 << 62 for n in value):
+        raise ValueError(f'{what} must be a tuple of at most {MAX_DIMS} '
+                         'non-negative ints')
+    return value
+
+
+def _elements(shape) -> int:
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+class _DType(Pending):
+    """``numpy.dtype(spec, align, copy)`` then BUILD with its state."""
+
+    def __init__(self, spec, align=False, copy=False):
+        if type(spec) is not str or not _NUMPY_SPEC.fullmatch(spec) or \
+                type(align) is not bool or type(copy) is not bool:
+            raise ValueError(
+                f'numpy dtype {str(spec)[:40]!r}: convnext_mm reads numpy '
+                'arrays of bool, integer, float and fixed-length bytes/str '
+                'dtypes only')
+        self.spec = spec
+
+    def build(self, state):
+        if type(state) is not tuple or len(state) not in (8, 9) or \
+                state[0] not in (3, 4) or state[1] not in _BYTE_ORDERS or \
+                any(s is not None for s in state[2:5]) or \
+                not all(type(s) is int for s in state[5:]):
+            raise TypeError('numpy dtype state of an unknown form')
+        order = '' if state[1] in ('|', '=') else state[1]
+        dtype = np.dtype(order + self.spec)
+        if state[5] not in (-1, dtype.itemsize):
+            raise TypeError(f'numpy dtype {self.spec} of item size '
+                            f'{state[5]}')
+        return dtype
+
+
+def _dtype(value) -> np.dtype:
+    if not isinstance(value, np.dtype) or not _NUMPY_SPEC.fullmatch(
+            value.str[1:]):
+        raise ValueError('numpy values need a numpy dtype of bool, integer, '
+                         'float or fixed-length bytes/str')
+    return value
+
+
+def _array(shape, dtype, data, fortran=False) -> np.ndarray:
+    shape, dtype = _shape(shape, 'numpy shape'), _dtype(dtype)
+    if type(data) not in (bytes, bytearray) or type(fortran) is not bool:
+        raise ValueError('numpy array data must be bytes')
+    if len(data) != _elements(shape) * dtype.itemsize:
+        raise ValueError(
+            f'numpy array of shape {shape} and dtype {dtype} needs '
+            f'{_elements(shape) * dtype.itemsize:,} bytes, the file gives '
+            f'{len(data):,}')
+    flat = np.frombuffer(bytes(data), dtype=dtype)
+    return flat.reshape(shape, order='F' if fortran else 'C').copy(
+        order='F' if fortran else 'C')
+
+
+class _NDArrayType(Internal):
+    """``numpy.ndarray``, as ``_reconstruct``'s first argument."""
+
+
+_NDARRAY = _NDArrayType()
+
+
+class _Array(Pending):
+    """``_reconstruct(ndarray, (0,), b'b')`` then BUILD with (version,
+    shape, dtype, is_fortran, data)."""
+
+    def __init__(self, cls, shape, typecode):
+        if cls is not _NDARRAY or type(typecode) is not bytes:
+            raise ValueError('numpy _reconstruct of something other than '
+                             'an ndarray')
+
+    def build(self, state):
+        if type(state) is tuple and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if type(state) is not tuple or len(state) != 4:
+            raise TypeError('numpy array state of an unknown form')
+        shape, dtype, fortran, data = state
+        return _array(shape, dtype, data, fortran)
+
+
+def _scalar(dtype, data=None):
+    dtype = _dtype(dtype)
+    if type(data) is not bytes or len(data) != dtype.itemsize:
+        raise ValueError(f'a numpy {dtype} scalar needs {dtype.itemsize} '
+                         'bytes')
+    return np.frombuffer(data, dtype=dtype)[0].copy()
+
+
+def _frombuffer(data, dtype, shape, order):
+    if order not in ('C', 'F'):
+        raise ValueError(f'numpy order {order!r}')
+    return _array(shape, dtype, data, order == 'F')
+
+
+# --- Python and collections ------------------------------------------------
+
+def _ordered_dict(items=()):
+    value = OrderedDict()
+    for pair in items:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
+            raise ValueError('OrderedDict items must be pairs')
+        value[pair[0]] = pair[1]
+    return value
+
+
+def _pairs_keys(args):
+    return [p[0] for p in (args[0] if args else ())
+            if type(p) in (list, tuple) and len(p) == 2]
+
+
+def _counter(mapping=None):
+    if mapping is not None and not isinstance(mapping, dict):
+        raise ValueError('Counter takes a dict')
+    return Counter(mapping or {})
+
+
+def _items(args):
+    return list(args[0]) if args and type(args[0]) in (list, tuple) else []
+
+
+def _keys(args):
+    return list(args[0]) if args and isinstance(args[0], dict) else []
+
+
+def _set(items=(), cls=set):
+    if type(items) not in (list, tuple):
+        raise ValueError('a set is built from a list')
+    return cls(items)
+
+
+def _encode(text, encoding='latin1'):
+    # protocol 2 spells bytes as _codecs.encode(str, 'latin1')
+    if type(text) is not str or encoding not in ('latin1', 'latin-1'):
+        raise ValueError('_codecs.encode only as protocol 2 writes bytes')
+    return text.encode('latin-1')
+
+
+def _bytes(*args):
+    if args and (len(args) > 2 or type(args[0]) not in (str, bytes)):
+        raise ValueError('bytes/bytearray only of a string or bytes')
+    if args and type(args[0]) is str:
+        return _encode(*args)
+    return bytes(*args)
+
+
+def _bytearray(*args):
+    return bytearray(_bytes(*args))
+
+
+# --- mmengine ----------------------------------------------------------------
+_STATISTICS = ('min', 'max', 'mean', 'current')
+_HISTORY_STATE = {'max_length', '_log_history', '_count_history',
+                  'statistics_methods'}
+
+
+def _history_statistic(owner, name):
+    """``getattr(HistoryBuffer, name)`` for the built-in statistics only."""
+    if owner is not _HISTORY or name not in _STATISTICS:
+        raise ValueError('getattr is read only for HistoryBuffer\'s '
+                         'statistics (min, max, mean, current)')
+    return getattr(HistoryBuffer, name)
+
+
+class _History(Pending):
+    """A ``HistoryBuffer``: NEWOBJ then BUILD with its state dict, built by
+    its constructor after the state is checked."""
+
+    def build(self, state):
+        if not isinstance(state, dict) or not set(state) <= _HISTORY_STATE:
+            raise TypeError("a HistoryBuffer whose state is not mmengine's")
+        methods = state.get('statistics_methods', {})
+        if not isinstance(methods, dict) or any(
+                name not in _STATISTICS
+                or method is not getattr(HistoryBuffer, name)
+                for name, method in methods.items()):
+            raise ValueError(
+                'a HistoryBuffer that redefines its statistics methods: it '
+                'would change what every HistoryBuffer in this process '
+                'reports')
+        histories = []
+        for key in ('_log_history', '_count_history'):
+            value = state.get(key, np.zeros(0))
+            if not isinstance(value, np.ndarray) or value.ndim != 1 or \
+                    value.dtype.kind not in 'biuf':
+                raise ValueError(f'a HistoryBuffer whose {key} is not a '
+                                 'numeric vector')
+            histories.append(value)
+        length = state.get('max_length', 1_000_000)
+        if type(length) is not int or length < max(1, len(histories[0])) \
+                or len(histories[0]) != len(histories[1]):
+            raise ValueError('a HistoryBuffer whose max_length or history '
+                             'lengths do not agree')
+        return HistoryBuffer(histories[0], histories[1], max_length=length)
+
+
+def _history(*args):
+    if args:
+        raise ValueError('HistoryBuffer only as mmengine pickles it')
+    return _History()
+
+
+_HISTORY = New('HistoryBuffer', _history)
+
+
+# --- torch -------------------------------------------------------------------
+# storage class names as torch.save writes them, with their dtypes
+_STORAGES = {
+    'DoubleStorage': torch.float64, 'FloatStorage': torch.float32,
+    'HalfStorage': torch.float16, 'BFloat16Storage': torch.bfloat16,
+    'LongStorage': torch.int64, 'IntStorage': torch.int32,
+    'ShortStorage': torch.int16, 'CharStorage': torch.int8,
+    'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
+    'UntypedStorage': torch.uint8,
+}
+_DTYPES = {
+    name: getattr(torch, name) for name in (
+        'float64', 'double', 'float32', 'float', 'float16', 'half',
+        'bfloat16', 'int64', 'long', 'int32', 'int', 'int16', 'short',
+        'int8', 'uint8', 'bool')
+}
+_OTHER_KINDS = ('complex', 'float8', 'qint', 'quint', 'uint16', 'uint32',
+                'uint64', 'float4', 'bits', 'int1', 'int2', 'int3', 'int4',
+                'int5', 'int6', 'int7', 'uint1', 'uint2', 'uint3', 'uint4',
+                'uint5', 'uint6', 'uint7', 'chalf', 'cfloat', 'cdouble')
+KIND_REFUSAL = (
+    '{name} tensors, which convnext_mm does not read: model and training '
+    'checkpoints hold float32/float16/bfloat16 weights with integer and bool '
+    'buffers. Convert the file (e.g. torch.load(..., weights_only=True), '
+    '.float() each tensor, torch.save) and load that')
+
+
+class StorageType(Internal):
+    """A storage class named in a persistent id, with its dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+class _TensorType(Internal):
+    """``torch.Tensor`` / ``torch.nn.Parameter`` as a rebuild's new_type."""
+
+    def __init__(self, parameter: bool):
+        self.parameter = parameter
+
+
+class Storage(Internal):
+    """One storage of a torch file, read into memory by :mod:`.torch_file`."""
+
+    def __init__(self, dtype: torch.dtype, untyped, numel: int):
+        self.dtype, self.untyped, self.numel = dtype, untyped, numel
+
+
+def _empty_hooks(hooks):
+    if hooks not in (None, {}, ()) and not (isinstance(hooks, dict)
+                                            and not hooks):
+        raise ValueError('tensors with backward hooks are not read')
+
+
+def _tensor_v3(storage, offset, size, stride, dtype, requires_grad=False,
+               hooks=None, metadata=None):
+    """A tensor on an untyped storage, its dtype named apart (torch writes
+    this for dtypes without a storage class of their own)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
+        raise ValueError(f'tensors of dtype {dtype} are not read')
+    if not isinstance(storage, Storage) or storage.dtype != torch.uint8 or \
+            storage.numel % dtype.itemsize:
+        raise ValueError('a tensor needs a storage of the file')
+    typed = Storage(dtype, storage.untyped, storage.numel // dtype.itemsize)
+    return _tensor(typed, offset, size, stride, requires_grad, hooks,
+                   metadata)
+
+
+def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
+            metadata=None):
+    if not isinstance(storage, Storage):
+        raise ValueError('a tensor needs a storage of the file')
+    size, stride = _shape(size, 'tensor sizes'), _shape(stride,
+                                                        'tensor strides')
+    if len(size) != len(stride) or type(offset) is not int or offset < 0 \
+            or type(requires_grad) is not bool:
+        raise ValueError('tensor sizes, strides and offset do not agree')
+    _empty_hooks(hooks)
+    if metadata not in (None, {}):
+        raise ValueError('tensors with metadata (conjugate, negative '
+                         'views) are not read')
+    numel = _elements(size)
+    if numel:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.numel or numel > storage.numel:
+            raise ValueError(
+                f'a tensor of sizes {size}, strides {stride} and offset '
+                f'{offset} reaches past its storage of {storage.numel:,} '
+                'elements')
+    tensor = torch.empty((0, ), dtype=storage.dtype,
+                         device=storage.untyped.device)
+    tensor.set_(storage.untyped, offset, torch.Size(size), stride)
+    tensor.requires_grad_(requires_grad and storage.dtype.is_floating_point)
+    return tensor
+
+
+def _parameter(data, requires_grad=True, hooks=None, state=None):
+    if not isinstance(data, torch.Tensor) or type(requires_grad) is not bool:
+        raise ValueError('a Parameter wraps a tensor')
+    _empty_hooks(hooks)
+    if state not in (None, {}):
+        raise ValueError('Parameters with extra attributes are not read')
+    return torch.nn.Parameter(
+        data, requires_grad and data.dtype.is_floating_point)
+
+
+_REBUILD_TENSOR = Call('torch._utils._rebuild_tensor_v2', _tensor)
+
+
+def _from_type(func, new_type, args, state=None):
+    if func is not _REBUILD_TENSOR or not isinstance(new_type, _TensorType) \
+            or type(args) is not tuple or state not in (None, {}):
+        raise ValueError('tensor subclasses and tensors with attributes are '
+                         'not read')
+    tensor = _tensor(*args)
+    return torch.nn.Parameter(tensor, tensor.requires_grad) \
+        if new_type.parameter else tensor
+
+
+def _size(sizes=()):
+    return torch.Size(_shape(tuple(sizes) if type(sizes) is list else sizes,
+                             'torch.Size'))
+
+
+_DEVICE = re.compile(r'[a-z]{2,16}(:\d{1,4})?')
+
+
+def _device(kind, index=None):
+    if type(kind) is not str or not _DEVICE.fullmatch(kind) or (
+            index is not None and type(index) is not int):
+        raise ValueError('torch.device of an odd name')
+    return torch.device(kind) if index is None else torch.device(kind, index)
+
+
+def _build_vocabulary():
+    table = {
+        'collections.OrderedDict': Call('OrderedDict', _ordered_dict,
+                                        _pairs_keys),
+        'collections.Counter': Call('Counter', _counter, _keys),
+        'builtins.set': Call('set', _set, _items),
+        'builtins.frozenset': Call(
+            'frozenset', lambda items=(): _set(items, frozenset), _items),
+        'builtins.bytes': Call('bytes', _bytes),
+        'builtins.bytearray': Call('bytearray', _bytearray),
+        '_codecs.encode': Call('_codecs.encode', _encode),
+        'builtins.getattr': Call('getattr', _history_statistic),
+        'mmengine.logging.history_buffer.HistoryBuffer': _HISTORY,
+        'torch._utils._rebuild_tensor_v2': _REBUILD_TENSOR,
+        'torch._utils._rebuild_tensor': _REBUILD_TENSOR,
+        'torch._utils._rebuild_tensor_v3': Call('_rebuild_tensor_v3',
+                                                _tensor_v3),
+        'torch._utils._rebuild_parameter': Call('_rebuild_parameter',
+                                                _parameter),
+        'torch._utils._rebuild_parameter_with_state': Call(
+            '_rebuild_parameter_with_state', _parameter),
+        'torch._tensor._rebuild_from_type_v2': Call('_rebuild_from_type_v2',
+                                                    _from_type),
+        'torch.Tensor': _TensorType(parameter=False),
+        'torch.nn.parameter.Parameter': _TensorType(parameter=True),
+        'torch.Size': Call('torch.Size', _size),
+        'torch.device': Call('torch.device', _device),
+        'numpy.ndarray': _NDARRAY,
+        'numpy.dtype': Call('numpy.dtype', _DType),
+    }
+    for name in _STATISTICS:
+        table[f'mmengine.logging.history_buffer.HistoryBuffer.{name}'] = \
+            getattr(HistoryBuffer, name)
+    # numpy 1.x and 2.x spell their reconstructors differently
+    for core in ('numpy.core', 'numpy._core'):
+        table[f'{core}.multiarray._reconstruct'] = Call('_reconstruct',
+                                                        _Array)
+        table[f'{core}.multiarray.scalar'] = Call('scalar', _scalar)
+        table[f'{core}.numeric._frombuffer'] = Call('_frombuffer',
+                                                    _frombuffer)
+    for name, dtype in _STORAGES.items():
+        table[f'torch.{name}'] = StorageType(dtype)
+    table['torch.storage.UntypedStorage'] = StorageType(torch.uint8)
+    for name, dtype in _DTYPES.items():
+        table[f'torch.{name}'] = dtype
+    for name in dir(torch):
+        kind = name.endswith('Storage') or isinstance(
+            getattr(torch, name, None), torch.dtype)
+        if kind and f'torch.{name}' not in table and any(
+                name.lower().startswith(k) for k in _OTHER_KINDS):
+            table[f'torch.{name}'] = Refused(
+                'it holds ' + KIND_REFUSAL.format(
+                    name=name.replace('Storage', '')))
+    return table
+
+
+VOCABULARY = _build_vocabulary()

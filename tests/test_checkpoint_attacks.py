@@ -1,0 +1,280 @@
+"""The crafted files that got past the earlier loader, through every path
+that loads a checkpoint: each is refused in one line or loads plain tensors,
+without a crash, hang, traceback or side effect.
+
+Cases that crashed the process are loaded in forked children
+(``child_loader``) through the safe reader, mmengine's loader and a
+ConvNeXt ``init_cfg`` in turn.
+"""
+import io
+import json
+import pickle
+import struct
+import zipfile
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
+                                        load_checkpoint)
+
+import convnext_mm  # noqa: F401  (installs the safe loaders)
+import crafted as C
+from convnext_mm.checkpoints import (TruncatedError, UnsafeCheckpointError,
+                                     read_file, safe_torch_load)
+from convnext_mm.checkpoints import mmengine_hook
+
+P = pickle
+PATHS = ('read_file', 'mmengine', 'init_cfg')
+
+
+def write(tmp_path, data: bytes, name='ckpt.pth'):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def refused_in_children(child_loader, path, match=None):
+    for how in PATHS:
+        result = child_loader.load(path, how)
+        assert result['status'] == 'refused', (how, result)
+        assert '\n' not in result['message']
+        if match:
+            assert match in result['message'], (how, result)
+
+
+def _dtype(spec: str, state=None) -> bytes:
+    """numpy.dtype(spec, False, True), then BUILD ``state`` if given."""
+    out = C.glob('numpy', 'dtype') + C.text(spec) + P.NEWFALSE + \
+        P.NEWTRUE + P.TUPLE3 + P.REDUCE
+    if state is not None:
+        out += state + P.BUILD
+    return out
+
+
+DTYPE_STATE = (P.MARK + P.BININT1 + b'\x03' + C.text('<') + P.NONE * 3 +
+               C.long1(-1) + C.long1(-1) + P.BININT1 + b'\x00' + P.TUPLE)
+
+
+def _array(dtype: bytes, data: bytes) -> bytes:
+    """_reconstruct(ndarray, (0,), b'b') then BUILD (1, (2,), dtype, False,
+    data): what numpy pickles, with a dtype and data the file chooses."""
+    return (C.glob('numpy.core.multiarray', '_reconstruct') +
+            C.glob('numpy', 'ndarray') + P.BININT1 + b'\x00' + P.TUPLE1 +
+            P.SHORT_BINBYTES + b'\x01b' + P.TUPLE3 + P.REDUCE + P.MARK +
+            P.BININT1 + b'\x01' + P.BININT1 + b'\x02' + P.TUPLE1 + dtype +
+            P.NEWFALSE + data + P.TUPLE + P.BUILD)
+
+
+@pytest.mark.parametrize('payload', [
+    # an object array whose "objects" are pointers read from the file
+    _array(_dtype('O8', DTYPE_STATE), P.SHORT_BINBYTES + b'\x10' + b'A' * 16),
+    # the same, its object dtype inside a structured one
+    _array(_dtype('V16', DTYPE_STATE), P.SHORT_BINBYTES + b'\x10' + b'A' * 16),
+    # a scalar of an object dtype
+    C.glob('numpy.core.multiarray', 'scalar') + _dtype('O8', DTYPE_STATE) +
+    P.SHORT_BINBYTES + b'\x08' + b'A' * 8 + P.TUPLE2 + P.REDUCE,
+    # a dtype accepted as f8, then BUILT to a 1 MiB item size
+    _array(_dtype('f8', P.MARK + P.BININT1 + b'\x03' + C.text('<') +
+                  P.NONE * 3 + C.long1(1 << 20) + C.long1(1) +
+                  P.BININT1 + b'\x00' + P.TUPLE),
+           P.SHORT_BINBYTES + b'\x10' + b'A' * 16),
+    # BUILD twice on one dtype
+    _array(_dtype('f8', DTYPE_STATE) + DTYPE_STATE + P.BUILD,
+           P.SHORT_BINBYTES + b'\x10' + b'A' * 16),
+], ids=['object', 'structured', 'object-scalar', 'itemsize', 'rebuild'])
+def test_numpy_built_from_the_files_own_dtype_never_crashes(
+        child_loader, tmp_path, payload):
+    path = write(tmp_path, C.torch_zip(C.program(
+        P.EMPTY_DICT + C.text('meta') + payload + P.SETITEM)))
+    refused_in_children(child_loader, path)
+
+
+def test_keys_and_values_nested_deep_are_refused(child_loader, tmp_path):
+    def key(levels):
+        return P.EMPTY_DICT + P.NONE + P.TUPLE1 * levels + P.NONE + P.SETITEM
+
+    lists = P.EMPTY_LIST * 100_000 + P.APPEND * 99_999
+    for body in (key(100_000), key(1_000_000), lists):
+        path = write(tmp_path, C.torch_zip(C.program(body)))
+        refused_in_children(child_loader, path, 'nest more than')
+
+
+def test_a_file_reads_one_way_only(tmp_path):
+    good = C.saved({'w': torch.ones(2)})
+    bad = C.torch_zip(C.colliding_int_keys(50_000))
+    legacy = io.BytesIO()
+    torch.save({'w': torch.ones(2)}, legacy,
+               _use_new_zipfile_serialization=False)
+    duplicate = io.BytesIO()
+    with zipfile.ZipFile(duplicate, 'w') as archive, \
+            pytest.warns(UserWarning):
+        archive.writestr('archive/data.pkl', C.program(P.NONE))
+        archive.writestr('archive/data.pkl', C.colliding_int_keys(50_000))
+    cases = {
+        'zip after zip': good + bad,
+        'legacy then zip': legacy.getvalue() + bad,
+        'trailing data': good + b'junk',
+        'duplicate records': duplicate.getvalue(),
+        'a second directory': _second_directory(good, bad),
+    }
+    for what, data in cases.items():
+        path = write(tmp_path, data, 'c.pth')
+        with pytest.raises((ValueError, UnsafeCheckpointError)) as err:
+            safe_torch_load(path)
+        assert 'two ways' in str(err.value) or 'follow' in str(
+            err.value), (what, err.value)
+    assert safe_torch_load(write(tmp_path, good))['w'].sum() == 2
+
+
+def _second_directory(good: bytes, bad: bytes) -> bytes:
+    """``good``'s records, then all of ``bad``: two directories, two end
+    records, the last one ``bad``'s."""
+    start = good.rfind(b'PK\x01\x02', 0, len(good))
+    while good.rfind(b'PK\x01\x02', 0, start) != -1:
+        start = good.rfind(b'PK\x01\x02', 0, start)
+    return good[:start] + bad
+
+
+def test_every_mmengine_scheme_reads_through_the_safe_door():
+    for prefix, loader in CheckpointLoader._schemes.items():
+        assert loader in mmengine_hook.OURS, prefix
+    assert CheckpointLoader._get_checkpoint_loader('pavi://x') is \
+        mmengine_hook.load_from_refused
+    with pytest.raises(ValueError, match='pavi://x: this scheme is not read'):
+        _load_checkpoint('pavi://x')
+
+
+def test_a_scheme_registered_later_is_refused(monkeypatch):
+    schemes = dict(CheckpointLoader._schemes)
+    monkeypatch.setattr(CheckpointLoader, '_schemes', schemes)
+    CheckpointLoader.register_scheme('later://', lambda f, m=None: 'unsafe')
+    with pytest.raises(ValueError, match='registered after'):
+        _load_checkpoint('later://model.pth')
+
+
+def test_open_mmlab_names_go_through_the_safe_door(tmp_path, monkeypatch):
+    """mmengine maps open-mmlab:// names to URLs or files under its home
+    (from ``open_mmlab.json`` there): both kinds are read safely."""
+    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path))
+    write(tmp_path, C.torch_zip(C.colliding_int_keys(50_000)), 'evil.pth')
+    write(tmp_path, C.saved({'state_dict': {'w': torch.ones(3)}}), 'ok.pth')
+    (tmp_path / 'open_mmlab.json').write_text(
+        json.dumps({'evil': 'evil.pth', 'ok': 'ok.pth'}))
+    assert _load_checkpoint('open-mmlab://ok')['state_dict']['w'].sum() == 3
+    for name in ('open-mmlab://evil', 'openmmlab://evil'):
+        with pytest.raises(ValueError, match='collide'):
+            _load_checkpoint(name)
+    with pytest.raises(KeyError, match='no open-mmlab:// model named'):
+        _load_checkpoint('open-mmlab://missing')
+
+
+def test_history_buffer_only_through_its_checked_state(tmp_path):
+    module = 'mmengine.logging.history_buffer'
+    for body in (
+            # its constructor with the file's arguments
+            C.glob(module, 'HistoryBuffer') + P.EMPTY_LIST + P.EMPTY_LIST +
+            P.BININT1 + b'\x05' + P.TUPLE3 + P.REDUCE,
+            C.glob(module, 'HistoryBuffer') + P.EMPTY_LIST + P.TUPLE1 +
+            P.NEWOBJ,
+            # never built: an instance without its state
+            C.glob(module, 'HistoryBuffer') + P.EMPTY_TUPLE + P.NEWOBJ):
+        path = write(tmp_path, C.torch_zip(C.program(body)))
+        with pytest.raises(UnsafeCheckpointError):
+            safe_torch_load(path)
+
+
+@pytest.mark.parametrize('dtype', [torch.float8_e4m3fn, torch.complex64])
+def test_float8_and_complex_weights_are_named(tmp_path, dtype):
+    path = write(tmp_path, C.saved({'w': torch.zeros(2, dtype=dtype)}))
+    name = 'float8_e4m3fn' if dtype.is_floating_point else 'ComplexFloat'
+    with pytest.raises(UnsafeCheckpointError, match=f'holds {name} tensors'):
+        safe_torch_load(path)
+    from safetensors.torch import save
+    st_path = write(tmp_path, save({'w': torch.zeros(2, dtype=dtype)}),
+                    'w.safetensors')
+    with pytest.raises(ValueError, match='holds (F8_E4M3|C64) tensors'):
+        read_file(st_path)
+
+
+def test_truncated_files_are_named_truncated(tmp_path):
+    whole = C.saved({'state_dict': {'w': torch.ones(1000)}})
+    for cut in (10, len(whole) // 2, len(whole) - 5):
+        path = write(tmp_path, whole[:cut])
+        with pytest.raises(TruncatedError, match='is truncated'):
+            safe_torch_load(path)
+    legacy = io.BytesIO()
+    torch.save({'w': torch.ones(1000)}, legacy,
+               _use_new_zipfile_serialization=False)
+    path = write(tmp_path, legacy.getvalue()[:-100])
+    with pytest.raises(TruncatedError, match='is truncated'):
+        safe_torch_load(path)
+    # 27 bytes that announce a 2**62-byte string
+    tiny = C.torch_legacy(b'')[:0] + P.PROTO + b'\x02' + P.BINUNICODE8 + \
+        struct.pack('<Q', 1 << 62) + b'abc' + P.STOP
+    path = write(tmp_path, tiny)
+    assert len(tiny) < 27
+    with pytest.raises(TruncatedError, match='announces'):
+        safe_torch_load(path)
+
+
+@pytest.mark.parametrize('index,match', [
+    ({'weight_map': {'w': '.'}}, 'not a file name inside its folder'),
+    ({'weight_map': {'w': '..'}}, 'not a file name inside its folder'),
+    ({'weight_map': {'w': '../x.safetensors'}}, 'not a file name'),
+    ({'weight_map': ['model.safetensors']}, 'weight_map maps tensor names'),
+    (['model.safetensors'], 'weight_map maps tensor names'),
+    ({'weight_map': {'w': 3}}, 'weight_map maps tensor names'),
+])
+def test_hugging_face_index_is_checked(tmp_path, index, match):
+    (tmp_path / 'config.json').write_text(json.dumps(
+        {'model_type': 'convnext', 'depths': [1, 1, 1, 1]}))
+    (tmp_path / 'model.safetensors.index.json').write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=match):
+        read_file(tmp_path)
+
+
+@pytest.mark.parametrize('config,match', [
+    ('{"model_type": "convnext", "x": ' + '[' * 100_000 + ']' * 100_000 +
+     '}', 'nests more than'),
+    ('{"model_type": "convnext", "depths": 4}', 'depths a list of ints'),
+    ('{"model_type": "convnext", "num_stages": "4"}', 'num_stages must be'),
+    ('{"model_type": ["convnext"]}', "describes a"),
+    ('[1, 2]', 'not a JSON object'),
+])
+def test_hugging_face_config_is_checked(tmp_path, config, match):
+    (tmp_path / 'config.json').write_text(config)
+    with pytest.raises(ValueError, match=match):
+        read_file(tmp_path)
+
+
+def test_mmengine_checkpoints_keep_their_metadata(tmp_path):
+    """A module's state dict keeps its ``_metadata`` (versions that
+    ``load_state_dict`` reads), and nothing else can be set on a dict."""
+    model = nn.BatchNorm2d(3)
+    path = write(tmp_path, C.saved({'state_dict': model.state_dict()}))
+    loaded = safe_torch_load(path)['state_dict']
+    assert loaded._metadata == model.state_dict()._metadata
+    evil = C.glob('collections', 'OrderedDict') + P.EMPTY_TUPLE + P.REDUCE + \
+        C.dict_of(C.text('keys'), P.NONE) + P.BUILD
+    with pytest.raises(UnsafeCheckpointError, match='_metadata'):
+        safe_torch_load(write(tmp_path, C.torch_zip(C.program(evil)),
+                              'evil.pth'))
+    load_checkpoint(nn.BatchNorm2d(3), str(path))
+
+
+def test_tensors_cannot_reach_past_their_storage(tmp_path):
+    storage = P.MARK + C.text('storage') + C.glob('torch', 'FloatStorage') + \
+        C.text('0') + C.text('cpu') + P.BININT1 + b'\x04' + P.TUPLE + \
+        P.BINPERSID
+    for offset, size, stride in ((0, 5, 1), (3, 2, 1), (0, 1 << 40, 0),
+                                 (0, 2, -1)):
+        body = (C.glob('torch._utils', '_rebuild_tensor_v2') + P.MARK +
+                storage + C.long1(offset) + C.long1(size) + P.TUPLE1 +
+                C.long1(stride) + P.TUPLE1 + P.NEWFALSE +
+                C.glob('collections', 'OrderedDict') + P.EMPTY_TUPLE +
+                P.REDUCE + P.TUPLE + P.REDUCE)
+        path = write(tmp_path, C.torch_zip(C.program(body),
+                                           storages={'0': bytes(16)}))
+        with pytest.raises(UnsafeCheckpointError, match='storage|strides'):
+            safe_torch_load(path)
