@@ -353,3 +353,47 @@ def test_deploy_keeps_a_previous_export(seg_config, capsys, tmp_path):
     a_file.write_text('x')
     assert 'is a file' in one_error_line(capsys, 'deploy', seg_config,
                                          tmp_path / 'x.pth', '--out', a_file)
+
+
+def test_resume_names_a_broken_checkpoint_and_the_complete_one(
+        seg_config, capsys, tmp_path):
+    import crafted
+    work = tmp_path / 'work'
+    work.mkdir()
+    complete = work / 'iter_2.pth'
+    complete.write_bytes(crafted.saved({'state_dict': {}, 'meta': {}}))
+    os.utime(complete, (1e9, 1e9))
+    broken = work / 'iter_4.pth'
+    broken.write_bytes(crafted.saved({'w': torch.ones(100)})[:300])
+    (work / 'last_checkpoint').write_text(str(broken))
+    hint = f'the newest complete checkpoint in {work} is {complete}'
+    line = one_error_line(capsys, 'train', seg_config, '--resume',
+                          '--work-dir', work)
+    assert f'{broken} is truncated' in line and hint in line
+    line = one_error_line(capsys, 'train', seg_config, '--resume', broken)
+    assert f'{broken} is truncated' in line and hint in line
+    broken.unlink()
+    line = one_error_line(capsys, 'train', seg_config, '--resume',
+                          '--work-dir', work)
+    assert f'names {broken}, which does not exist' in line and hint in line
+
+
+def test_written_files_are_whole_readable_and_never_clobbered(tmp_path):
+    from convnext_mm.checkpoints.saving import atomic_file
+    old = os.umask(0o022)
+    try:
+        long_name = tmp_path / ('c' * 240 + '.pth')
+        with atomic_file(long_name) as out:
+            out.write(b'data')
+        assert long_name.read_bytes() == b'data'
+        assert long_name.stat().st_mode & 0o777 == 0o644
+        dst = tmp_path / 'dst.pth'
+        with pytest.raises(FileExistsError, match='appeared while'):
+            with atomic_file(dst, overwrite=False) as out:
+                out.write(b'new')
+                dst.write_bytes(b'theirs')  # another process got there
+        assert dst.read_bytes() == b'theirs'
+        assert sorted(os.listdir(tmp_path)) == sorted([long_name.name,
+                                                       'dst.pth'])
+    finally:
+        os.umask(old)

@@ -194,3 +194,96 @@ def test_a_torch_without_torchvision_installs_without_mmpretrain(tmp_path):
                               torchvision_ok=False)
     assert 'mmpretrain' in chosen.left_out and 'timm' in chosen.left_out
     assert 'mmdet' in chosen.install and 'torch' in chosen.kept
+
+
+# --- what a wheelhouse must hold (no index needed) --------------------------
+
+def _wheel(folder: Path, name: str, version: str, requires=()):
+    """A minimal wheel of ``name`` that requires ``requires``."""
+    import zipfile
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f'{name}-{version}.dist-info'
+    meta = f'Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n'
+    meta += ''.join(f'Requires-Dist: {r}\n' for r in requires)
+    extras = {r.split("extra == '")[1].split("'")[0] for r in requires
+              if "extra == '" in r}
+    meta += ''.join(f'Provides-Extra: {e}\n' for e in sorted(extras))
+    with zipfile.ZipFile(folder / f'{name}-{version}-py3-none-any.whl',
+                         'w') as zf:
+        zf.writestr(f'{info}/METADATA', meta)
+        zf.writestr(f'{info}/WHEEL', 'Wheel-Version: 1.0\nGenerator: test\n'
+                    'Root-Is-Purelib: true\nTag: py3-none-any\n')
+        zf.writestr(f'{info}/RECORD', '')
+
+
+def _report(*items, environment=None):
+    return dict(environment=environment or dict(sys_platform='linux',
+                                                platform_system='Linux'),
+                install=[dict(metadata=dict(name=n, version=v,
+                                            requires_dist=list(r)))
+                         for n, v, r in items])
+
+
+def test_closure_follows_extras_as_pip_resolved_them():
+    from installer.wheelhouse import closure
+    report = _report(
+        ('torch', '2.12.0', ['cuda-toolkit[cudart,nvrtc]==13.0.2; '
+                             'platform_system == "Linux"', 'filelock']),
+        ('cuda-toolkit', '13.0.2', [
+            "nvidia-cuda-runtime==13.0.96.*; (sys_platform == 'linux' or "
+            "sys_platform == 'win32') and extra == 'cudart'",
+            "nvidia-cuda-nvrtc==13.0.88.*; extra == 'nvrtc'",
+            "nvidia-cufft==12.0.0.*; extra == 'cufft'"]),
+        ('nvidia-cuda-runtime', '13.0.96', []),
+        ('nvidia-cuda-nvrtc', '13.0.88', []),
+        ('nvidia-cufft', '12.0.0', []),  # resolved for someone else
+        ('filelock', '3.20.0', []),
+        ('mmdet', '3.3.0', ['pywin32; sys_platform == "win32"']),
+        ('pywin32', '311', []))
+    wanted = closure(report, ['torch', 'mmdet'], [])
+    assert set(wanted) == {'torch', 'cuda-toolkit', 'nvidia-cuda-runtime',
+                           'nvidia-cuda-nvrtc', 'filelock', 'mmdet'}
+    # what the target keeps is not entered (--keep-torch)
+    assert set(closure(report, ['torch', 'mmdet'], ['torch'])) == {'mmdet'}
+
+
+@pytest.mark.slow
+def test_closure_of_our_torch_is_what_pip_resolves(tmp_path):
+    """The full flow's torch, resolved by pip against the registry (no
+    download): every project pip would install is in the wheelhouse's
+    list, the CUDA runtime wheels reached through cuda-toolkit's extras
+    among them (they were lost once)."""
+    from installer.common import pins
+    from installer.wheelhouse import closure
+    torch_pin = pins()['torch']
+    report = tmp_path / 'report.json'
+    res = subprocess.run(
+        [sys.executable, '-m', 'pip', 'install', '--dry-run',
+         '--ignore-installed', '--quiet', '--only-binary=:all:', '--report',
+         str(report), '--target', str(tmp_path / 't'),
+         f'torch=={torch_pin}'], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f'the registry cannot resolve torch here: '
+                    f'{res.stderr[-300:]}')
+    report = json.loads(report.read_text())
+    resolved = {re.sub(r'[-_.]+', '-', i['metadata']['name']).lower()
+                for i in report['install']}
+    wanted = closure(report, ['torch'], [])
+    assert resolved - set(wanted) == set()
+    assert 'nvidia-cuda-runtime' in wanted
+
+
+def test_the_offline_check_names_what_a_wheelhouse_lacks(tmp_path):
+    from installer.common import Refused
+    from installer.wheelhouse import verify_offline
+    house = tmp_path / 'wh'
+    _wheel(house, 'top', '1.0', ['mid[x]==1.0', 'torch==2.12.0'])
+    _wheel(house, 'mid', '1.0', ["leaf==1.0; extra == 'x'"])
+    kept = {'torch': '2.12.0+cu130'}
+    with pytest.raises(Refused, match=r'lacks leaf==1.0'):
+        verify_offline(house, ['top==1.0'], kept, [])
+    _wheel(house, 'leaf', '1.0')
+    verify_offline(house, ['top==1.0'], kept, [])
+    # without the target's torch standing in, torch is what it lacks
+    with pytest.raises(Refused, match=r'lacks torch==2.12.0'):
+        verify_offline(house, ['top==1.0'], {}, [])

@@ -3,6 +3,7 @@ and the log, the mmcv build key (CPU or CUDA ops, arch list), the wheel
 cache's safety, and which pins a kept torch's environment gets."""
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -183,7 +184,12 @@ def make_wheel(path: Path, payload=b'ops') -> Path:
 def test_the_cache_takes_whole_wheels_and_rebuilds_a_damaged_one(tmp_path):
     built = make_wheel(tmp_path / 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl')
     cache = tmp_path / 'cache' / 'key'
-    stored = mmcv_build.store(built, cache)
+    mask = os.umask(0o022)
+    try:
+        stored = mmcv_build.store(built, cache)
+    finally:
+        os.umask(mask)
+    assert stored.stat().st_mode & 0o777 == 0o644  # other users read it
     assert mmcv_build.verified(cache) == stored
     assert sorted(p.name for p in cache.iterdir()) == [
         stored.name, stored.name + '.sha256'

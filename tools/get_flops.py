@@ -20,8 +20,8 @@ warnings.filterwarnings('ignore', category=UserWarning)
 
 from mmengine.logging import MMLogger  # noqa: E402
 
-from convnext_mm import launch  # noqa: E402
 from convnext_mm.analysis.measure import measure_config  # noqa: E402
+from convnext_mm.errors import user_errors  # noqa: E402
 
 
 def main(argv=None):
@@ -37,10 +37,8 @@ def main(argv=None):
           'FLOPs vs paper |')
     print('|---|---|---|---|---|---|---|')
     for config in args.configs:
-        try:
+        with user_errors():
             row = measure_config(config, args.shape)
-        except launch.ConfigError as err:
-            sys.exit(f'error: {err}')
         name, shape, params, gflops, paper = (row[k] for k in (
             'name', 'shape', 'params', 'gflops', 'paper'))
         if paper:

@@ -108,7 +108,9 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
             bar = _progress(url, total, progress)
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    # read1: whatever one receive brings, so that the
+                    # deadline is checked however slowly bytes come
+                    chunk = response.read1(_CHUNK)
                 except (OSError, http.client.HTTPException) as err:
                     raise DownloadError(
                         f'download of {url} broke off: '

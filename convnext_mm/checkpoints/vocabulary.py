@@ -338,6 +338,18 @@ def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
     return tensor
 
 
+def _meta_tensor(dtype, size, stride, requires_grad=False):
+    """A tensor of shapes only (the meta device): nothing is allocated. The
+    loaders refuse it as a weight, naming it."""
+    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
+        raise ValueError(f'meta tensors of dtype {dtype} are not read')
+    size, stride = _shape(size, 'tensor sizes'), _shape(stride,
+                                                        'tensor strides')
+    if len(size) != len(stride) or type(requires_grad) is not bool:
+        raise ValueError('meta tensor sizes and strides do not agree')
+    return torch.empty_strided(size, stride, dtype=dtype, device='meta')
+
+
 def _parameter(data, requires_grad=True, hooks=None, state=None):
     if not isinstance(data, torch.Tensor) or type(requires_grad) is not bool:
         raise ValueError('a Parameter wraps a tensor')
@@ -393,6 +405,8 @@ def _build_vocabulary():
         'torch._utils._rebuild_tensor': _REBUILD_TENSOR,
         'torch._utils._rebuild_tensor_v3': Call('_rebuild_tensor_v3',
                                                 _tensor_v3),
+        'torch._utils._rebuild_meta_tensor_no_storage': Call(
+            '_rebuild_meta_tensor_no_storage', _meta_tensor),
         'torch._utils._rebuild_parameter': Call('_rebuild_parameter',
                                                 _parameter),
         'torch._utils._rebuild_parameter_with_state': Call(

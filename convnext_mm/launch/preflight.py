@@ -237,8 +237,8 @@ def check_resume(cfg: Config, model) -> None:
                 _resume_hint(cfg.work_dir, path))
     work_dir = osp.dirname(path) or '.'
     if not osp.exists(path):
-        raise FileNotFoundError(f'--resume {path}: no such file' +
-                                _resume_hint(work_dir, path))
+        raise FileNotFoundError(f'--resume: checkpoint {path} does not '
+                                'exist' + _resume_hint(work_dir, path))
     try:
         check_checkpoint(model, path)
     except TruncatedError as err:

@@ -189,6 +189,11 @@ def store(wheel: Path, folder: Path) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(wheel, tmp)
+        # mkstemp made it private; a cache shared between users must be
+        # readable as a plain open() would have made it
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, folder / wheel.name)
     finally:
         if os.path.exists(tmp):

@@ -4,6 +4,7 @@ with a manifest of versions and SHA-256. Made on a connected machine
 import json
 import os
 import re
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -59,30 +60,108 @@ def is_torch_family(name: str) -> bool:
         name in ('triton', 'pytorch-triton')
 
 
+def _requirement(text: str):
+    """A requirement parsed as pip parses it (pip's own packaging)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a bare Python: pip carries its own copy
+        from pip._vendor.packaging.requirements import Requirement
+    return Requirement(text)
+
+
 def closure(report: dict, roots: Iterable[str], stop: Iterable[str]) -> Dict[
         str, str]:
     """``{name: version}`` of the resolved projects reachable from ``roots``
-    through their (non-extra) requirements, not entering ``stop``."""
+    through their requirements, not entering ``stop``.
+
+    Requirements are followed as pip's resolver followed them: a
+    requirement's environment marker is evaluated in the environment of
+    pip's report, and a project's ``extra == ...`` requirements only for the
+    extras something asked of it (torch asks ``cuda-toolkit[cudart, ...]``,
+    whose extras pull in the CUDA runtime wheels).
+    """
     resolved = {
         normalise(item['metadata']['name']): item['metadata']
         for item in report['install']
     }
+    environment = dict(report.get('environment') or {})
     stop = {normalise(n) for n in stop}
-    out, todo = {}, [normalise(r) for r in roots]
+    out: Dict[str, str] = {}
+    extras: Dict[str, set] = {}
+    todo = [(normalise(r), frozenset()) for r in roots]
     while todo:
-        name = todo.pop()
-        if name in out or name in stop or name not in resolved:
+        name, wanted = todo.pop()
+        if name in stop or name not in resolved:
             continue
+        known = extras.get(name)
+        if known is not None and wanted <= known:
+            continue
+        extras[name] = (known or set()) | set(wanted)
         meta = resolved[name]
         out[name] = meta['version']
-        for req in meta.get('requires_dist') or []:
-            requirement, _, marker = req.partition(';')
-            if 'extra' in marker:
+        for text in meta.get('requires_dist') or []:
+            req = _requirement(text)
+            if req.marker is not None and not any(
+                    req.marker.evaluate(dict(environment, extra=extra))
+                    for extra in sorted(extras[name]) or ['']):
                 continue
-            m = re.match(r'\s*([A-Za-z0-9][A-Za-z0-9._-]*)', requirement)
-            if m:
-                todo.append(normalise(m.group(1)))
+            todo.append((normalise(req.name),
+                         frozenset(normalise(e) for e in req.extras)))
     return out
+
+
+def stub_wheels(folder: Path, have: Dict[str, str]) -> Path:
+    """Empty wheels named as what the target keeps (``{name: version}``), so
+    that an offline resolution counts them as present, as the target will."""
+    import zipfile
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, version in have.items():
+        version = version.split()[-1] if version else ''
+        if not re.fullmatch(r'[0-9][0-9A-Za-z.+!_-]*', version):
+            continue
+        dist = f'{name.replace("-", "_")}-{version}'
+        info = f'{dist}.dist-info'
+        with zipfile.ZipFile(folder / f'{dist}-py3-none-any.whl', 'w') as zf:
+            zf.writestr(f'{info}/METADATA', 'Metadata-Version: 2.1\n'
+                        f'Name: {name}\nVersion: {version}\n')
+            zf.writestr(f'{info}/WHEEL', 'Wheel-Version: 1.0\nGenerator: '
+                        'convnext_mm\nRoot-Is-Purelib: true\nTag: '
+                        'py3-none-any\n')
+            zf.writestr(f'{info}/RECORD', '')
+    return folder
+
+
+_MISSING = re.compile(r'No matching distribution found for (\S+)')
+
+
+def verify_offline(folder: Path, requirements: List[str],
+                   kept: Dict[str, str], extra: List[str]) -> None:
+    """Resolve ``requirements`` from ``folder`` alone (and stand-ins for
+    what the target keeps), as the offline install will; raise
+    :class:`Refused` naming the first distribution it lacks."""
+    with tempfile.TemporaryDirectory(prefix='wheelhouse-check-') as tmp:
+        reqs = Path(tmp, 'requirements.txt')
+        reqs.write_text(''.join(f'{r}\n' for r in requirements))
+        stubs = stub_wheels(Path(tmp, 'kept'), kept)
+        cmd = [sys.executable, '-m', 'pip', 'install', '--dry-run',
+               '--ignore-installed', '--no-index', '--find-links', folder,
+               '--find-links', stubs, '--quiet',
+               *(extra or ['--only-binary=:all:']), '--target',
+               Path(tmp, 'target'), '-r', reqs]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('PIP_')}
+        env.update(PIP_CONFIG_FILE=os.devnull,
+                   PIP_DISABLE_PIP_VERSION_CHECK='1')
+        res = subprocess.run([str(c) for c in cmd], capture_output=True,
+                             text=True, env=env)
+    if res.returncode != 0:
+        missing = _MISSING.search(res.stdout + res.stderr)
+        what = missing.group(1) if missing else \
+            (res.stdout + res.stderr).strip().splitlines()[-1:]
+        raise Refused(
+            f'wheelhouse {folder} cannot install offline: it lacks '
+            f'{what} (pip: no matching distribution without an index); '
+            're-make it with --wheelhouse')
 
 
 def _pip(args: List, step: str, target: Target):
@@ -146,12 +225,15 @@ def collect(folder: Path, target: Target, python: Optional[str],
     download_source(target, p['mmcv'], p['setuptools'], folder,
                     python=sys.executable)
     builds = reuse_cached_builds(folder, target.cache, py, p['mmcv'])
+    requirements = [f'{n}=={v}' for n, v in chosen.install.items()]
+    kept = {n: v for n, v in have.items() if n in stop}
+    say('checking that the wheelhouse installs offline (pip, no index)')
+    verify_offline(folder, requirements, kept, extra)
     files = describe(folder)
     write_manifest(folder, dict(
         format=1, python=py, platform=platform or sysconfig.get_platform(),
         keep_torch=keep_torch,
-        requirements=[f'{n}=={v}' for n, v in chosen.install.items()],
-        left_to_target=chosen.kept, mmcv=p['mmcv'],
+        requirements=requirements, left_to_target=chosen.kept, kept=kept, mmcv=p['mmcv'],
         mmcv_source=f'mmcv-{p["mmcv"]}.tar.gz', files=files))
     size = sum(entry['size'] for entry in files.values())
     say(f'wheelhouse ready: {len(files)} files, '
@@ -226,6 +308,10 @@ def check(folder: Path, python: str, keep_torch: bool) -> dict:
         raise Refused(f'wheelhouse {folder} is incomplete: {what}; copy it '
                       'again from where it was made, or re-make it with '
                       '--wheelhouse')
+    # what pip will need, resolved from the folder alone before anything is
+    # created (wheelhouses made before the check kept no list: the pins)
+    verify_offline(folder, manifest['requirements'],
+                   manifest.get('kept', manifest['left_to_target']), [])
     return manifest
 
 
