@@ -90,7 +90,7 @@ def test_the_report_names_what_loads_stays_fresh_and_is_left_out(tmp_path):
     lines = report.lines()
     assert lines[0].startswith('ConvNeXt: mine.pth: layout')
     assert 'fresh (not in the checkpoint): norm0 (2), norm1 (2)' in lines[2]
-    assert 'left out (not part of this model): head (1)' in lines[3]
+    assert 'left out (not part of this backbone): head (1)' in lines[3]
     state['backbone.stages.0.0.gamma'] = torch.full((40, ), float('nan'))
     report = examine(ConvNeXt('atto'), {'state_dict': state}, 'mine.pth')
     assert report.problems and 'NaN' in report.problems[0]

@@ -38,6 +38,8 @@ def _key(model, checkpoint, prefix, final_norm):
 
 
 def _read(checkpoint, map_location='cpu'):
+    """A backbone's pretrained checkpoint, read (a missing one named with
+    the init_cfg that names it)."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         return checkpoint
     try:
@@ -65,7 +67,7 @@ def prepare(model, checkpoint, prefix: Optional[str] = None,
 def prepare_whole(model, checkpoint) -> Report:
     """:func:`prepare` for a whole model's checkpoint (``load_from``, a test
     or deploy checkpoint); what was read is kept for mmengine's load."""
-    raw = _read(checkpoint)
+    raw = read_checkpoint(checkpoint)
     report = examine(model, raw, _source(checkpoint)).check()
     keep(os.fspath(checkpoint), raw)
     return report

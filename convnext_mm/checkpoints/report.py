@@ -83,17 +83,18 @@ class Report:
 
     def lines(self) -> List[str]:
         """The report as logged: layout, loaded, fresh, left out."""
-        name = LAYOUT_DESCRIPTIONS.get(self.layout, self.layout)
-        what = "the backbone's" if self.layout != WHOLE_MODEL else \
-            "the model's"
+        name = 'a whole model\'s state dict' if self.layout == \
+            WHOLE_MODEL else LAYOUT_DESCRIPTIONS[self.layout]
+        part = 'backbone' if self.layout != WHOLE_MODEL else 'model'
         lines = [f'ConvNeXt: {self.source}: layout {name}',
-                 f'  loaded: {len(self.loaded)} of {what} {self.model_size} '
-                 'tensors' + (self.note if not self.fresh else '')]
+                 f"  loaded: {len(self.loaded)} of the {part}'s "
+                 f'{self.model_size} tensors' +
+                 (self.note if not self.fresh else '')]
         if self.fresh:
             lines.append('  fresh (not in the checkpoint): '
                          f'{summarise(self.fresh)}{self.note}')
         if self.left_out:
-            lines.append('  left out (not part of this model): '
+            lines.append(f'  left out (not part of this {part}): '
                          f'{summarise(self.left_out)}')
         return lines
 

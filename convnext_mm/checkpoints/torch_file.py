@@ -277,11 +277,16 @@ def _load_legacy(handle, size, where, map_location):
         return data
 
     handle.seek(0)
-    head = [_run_pickle(handle, size, where) for _ in range(3)]
-    magic, version, info = head
+    try:  # the magic number: a plain int, nothing named
+        magic = Machine({}, None, where).load(handle, size)
+    except (UnsafeCheckpointError, MalformedPickleError) as err:
+        if isinstance(err, TruncatedError):
+            raise
+        magic = None
     if magic != _LEGACY_MAGIC:
         raise TorchFileError(f'{where} is not a PyTorch checkpoint (neither '
                              'a zip nor a legacy torch file)')
+    version, info = (_run_pickle(handle, size, where) for _ in range(2))
     if version != _LEGACY_VERSION or not isinstance(info, dict) or \
             info.get('little_endian') is not True:
         raise TorchFileError(

@@ -139,6 +139,8 @@ def verify_offline(folder: Path, requirements: List[str],
     """Resolve ``requirements`` from ``folder`` alone (and stand-ins for
     what the target keeps), as the offline install will; raise
     :class:`Refused` naming the first distribution it lacks."""
+    if not requirements:
+        return
     with tempfile.TemporaryDirectory(prefix='wheelhouse-check-') as tmp:
         reqs = Path(tmp, 'requirements.txt')
         reqs.write_text(''.join(f'{r}\n' for r in requirements))
@@ -232,8 +234,8 @@ def collect(folder: Path, target: Target, python: Optional[str],
     files = describe(folder)
     write_manifest(folder, dict(
         format=1, python=py, platform=platform or sysconfig.get_platform(),
-        keep_torch=keep_torch,
-        requirements=requirements, left_to_target=chosen.kept, kept=kept, mmcv=p['mmcv'],
+        keep_torch=keep_torch, requirements=requirements,
+        left_to_target=chosen.kept, kept=kept, mmcv=p['mmcv'],
         mmcv_source=f'mmcv-{p["mmcv"]}.tar.gz', files=files))
     size = sum(entry['size'] for entry in files.values())
     say(f'wheelhouse ready: {len(files)} files, '
@@ -310,8 +312,9 @@ def check(folder: Path, python: str, keep_torch: bool) -> dict:
                       '--wheelhouse')
     # what pip will need, resolved from the folder alone before anything is
     # created (wheelhouses made before the check kept no list: the pins)
-    verify_offline(folder, manifest['requirements'],
-                   manifest.get('kept', manifest['left_to_target']), [])
+    verify_offline(folder, manifest.get('requirements', []),
+                   manifest.get('kept', manifest.get('left_to_target', {})),
+                   [])
     return manifest
 
 
