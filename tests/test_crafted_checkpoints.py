@@ -1,9 +1,9 @@
 """Crafted checkpoints: loading one must write nothing, change nothing in the
 process, and cost bounded time and memory, through every loading path.
 
-Every payload here acted on the machine or the process through the loader
-that filtered only ``find_class``; torch's own ``weights_only=True`` loader
-is the bar, and ``safe_torch_load`` runs it.
+Every payload here acted on the machine or the process through a loader
+that filtered only ``find_class``; ``safe_torch_load`` (our own pickle
+machine, see convnext_mm/checkpoints/unpickler.py) refuses each.
 """
 import os
 import pickle

@@ -1,5 +1,5 @@
-"""mmengine's own checkpoints load under torch's weights-only default, and
-anything outside the allow-list is still refused."""
+"""mmengine's own training checkpoints load through the safe reader, and
+anything outside its vocabulary is refused."""
 import importlib
 import os
 import pickle
@@ -91,10 +91,10 @@ def test_training_checkpoint_loads_with_all_its_state(training_checkpoint):
     assert dict(milestones) == {3: 1, 5: 1}
 
 
-def test_torch_2_4_without_scoped_allowlists_loads_and_restores(
-        training_checkpoint, monkeypatch):
-    # torch 2.4 (the oldest --keep-torch accepts) has add_safe_globals but
-    # not the safe_globals context manager
+def test_loading_needs_and_changes_no_torch_allowlist(training_checkpoint,
+                                                      monkeypatch):
+    # our reader never calls torch.load: a torch without the scoped
+    # safe_globals (2.4, the oldest --keep-torch accepts) reads the same
     monkeypatch.delattr(torch.serialization, 'safe_globals')
     # what torch itself allowlists once DTensor and dynamo are imported, as
     # in the full suite

@@ -232,8 +232,12 @@ def examine(model, checkpoint, source: str, prefix: Optional[str] = None,
     backbone = getattr(model, 'backbone', None)
     if is_convnext(backbone) and any(
             k.startswith('backbone.') for k in state):
-        converted, _, _ = to_convnext_mm(
-            {k: v for k, v in state.items() if k.startswith('backbone.')})
+        try:
+            converted, _, _ = to_convnext_mm(
+                {k: v for k, v in state.items()
+                 if k.startswith('backbone.')})
+        except ValueError as err:
+            raise ValueError(f'{source}: its backbone: {err}') from None
         problem = _arch_problem(backbone, converted)
         if problem:
             raise ValueError(f'{source} {problem}')

@@ -8,8 +8,8 @@ from typing import Dict
 
 from .common import Refused, StepFailed, Target, probe, run, say
 
-# the oldest torch we support: the first with the weights_only allowlist
-# (add_safe_globals) that convnext_mm.checkpoints loads mmengine files with
+# the oldest torch we support (the checkpoint reader no longer needs its
+# weights-only allowlist, but nothing older has been run with this code)
 OLDEST = (2, 4)
 
 PROBE = r'''
