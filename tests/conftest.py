@@ -1,5 +1,10 @@
 """The generated datasets and the trained tiny models that several test
 modules share (end-to-end runs, deployment): made once per session."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from convnext_mm.synthetic import make_ade20k, make_coco_instances
@@ -50,16 +55,12 @@ class ChildLoader:
     child_loader.py): ``load(path, how)`` returns its status dict."""
 
     def __init__(self):
-        import subprocess
-        import sys
-        from pathlib import Path
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name('child_loader.py'))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout.readline().strip() == 'ready'
 
     def load(self, path, how='read_file', seconds=None) -> dict:
-        import json
         request = dict(path=str(path), how=how)
         if seconds:
             request['seconds'] = seconds

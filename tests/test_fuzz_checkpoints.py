@@ -143,7 +143,8 @@ def _mutate(data: bytes, mutation) -> bytes:
     data = bytearray(data)
     at = args[0] % max(len(data), 1) if kind != 'append' else 0
     if kind == 'flip':
-        data[at] ^= args[1]
+        if data:  # nothing to flip in an emptied file
+            data[at] ^= args[1]
     elif kind == 'truncate':
         del data[at:]
     elif kind == 'insert':

@@ -48,8 +48,9 @@ def convert(src: str, dst: Path, force: bool = False,
                                 f'file path, e.g. {dst}/converted.pth')
     if dst.exists() and not force:
         raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
+    checkpoint = read_checkpoint(src)  # its errors name the file
     try:
-        state, dropped, layout = to_convnext_mm(read_checkpoint(src))
+        state, dropped, layout = to_convnext_mm(checkpoint)
     except ValueError as err:
         raise ValueError(f'{src}: {err}') from None
     for name, value in state.items():

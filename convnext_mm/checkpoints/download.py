@@ -82,7 +82,8 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
         DownloadError: with one line naming the URL and what to do offline.
     """
     timeout = timeout or _setting('timeout')
-    deadline = time.monotonic() + _setting('deadline')
+    allowed = _setting('deadline')
+    deadline = time.monotonic() + allowed
     cap = int(_setting('max_mb') * (1 << 20))
     expected = _HASH_IN_NAME.search(_url_name(url))
     digest = hashlib.sha256()
@@ -128,7 +129,7 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
                 if time.monotonic() > deadline:
                     raise DownloadError(
                         f'download of {url} passed its deadline of '
-                        f'{_setting("deadline"):g} s after {out.tell():,} '
+                        f'{allowed:g} s after {out.tell():,} '
                         'bytes (CONVNEXT_MM_DOWNLOAD_DEADLINE); nothing was '
                         f'kept. {_offline_hint(url)}')
             bar(None)

@@ -280,9 +280,13 @@ class Machine:
         stack, metastack, memo = [], [], {}
         pending_keys: Dict[int, list] = {}  # memo keys holding a Pending
 
-        def pop():
+        def top():
             if not stack:
                 raise self.malformed('stack underflow')
+            return stack[-1]
+
+        def pop():
+            top()
             return stack.pop()
 
         def pop_mark():
@@ -317,8 +321,7 @@ class Machine:
                     stack.append(self.new_container(_CONTAINERS[name]()))
                 elif name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'LIST',
                               'FROZENSET', 'DICT'):
-                    if name == 'TUPLE' or name in ('LIST', 'FROZENSET',
-                                                   'DICT'):
+                    if name in ('TUPLE', 'LIST', 'FROZENSET', 'DICT'):
                         items = pop_mark()
                     else:
                         n = int(name[-1])
@@ -349,32 +352,27 @@ class Machine:
                     stack.append(value)
                 elif name == 'APPEND':
                     item = pop()
-                    if not stack:
-                        raise self.malformed('stack underflow')
-                    self.append(stack[-1], item)
+                    self.append(top(), item)
                 elif name == 'APPENDS':
                     items = pop_mark()
-                    if not stack:
-                        raise self.malformed('stack underflow')
+                    target = top()
                     for item in items:
-                        self.append(stack[-1], item)
+                        self.append(target, item)
                 elif name == 'SETITEM':
                     value, key = pop(), pop()
-                    if not stack:
-                        raise self.malformed('stack underflow')
-                    self.setitem(stack[-1], key, value)
+                    self.setitem(top(), key, value)
                 elif name == 'SETITEMS':
                     items = pop_mark()
-                    if not stack or len(items) % 2:
-                        raise self.malformed('bad SETITEMS')
+                    target = top()
+                    if len(items) % 2:
+                        raise self.malformed('odd SETITEMS items')
                     for i in range(0, len(items), 2):
-                        self.setitem(stack[-1], items[i], items[i + 1])
+                        self.setitem(target, items[i], items[i + 1])
                 elif name == 'ADDITEMS':
                     items = pop_mark()
-                    if not stack:
-                        raise self.malformed('stack underflow')
+                    target = top()
                     for item in items:
-                        self.add(stack[-1], item)
+                        self.add(target, item)
                 elif name == 'POP':
                     if stack:
                         stack.pop()
@@ -383,12 +381,9 @@ class Machine:
                 elif name == 'POP_MARK':
                     pop_mark()
                 elif name == 'DUP':
-                    if not stack:
-                        raise self.malformed('stack underflow')
-                    stack.append(stack[-1])
+                    stack.append(top())
                 elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
-                    if not stack:
-                        raise self.malformed('stack underflow')
+                    top()
                     key = len(memo) if name == 'MEMOIZE' else arg
                     if isinstance(key, str):
                         key = int(key)

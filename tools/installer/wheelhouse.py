@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -113,7 +114,6 @@ def closure(report: dict, roots: Iterable[str], stop: Iterable[str]) -> Dict[
 def stub_wheels(folder: Path, have: Dict[str, str]) -> Path:
     """Empty wheels named as what the target keeps (``{name: version}``), so
     that an offline resolution counts them as present, as the target will."""
-    import zipfile
     folder.mkdir(parents=True, exist_ok=True)
     for name, version in have.items():
         version = version.split()[-1] if version else ''
