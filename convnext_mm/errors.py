@@ -10,14 +10,14 @@ import pickle
 import sys
 from contextlib import contextmanager
 
-from .checkpoints import CheckpointFileError, DownloadError
+from .checkpoints import CheckpointFileError, DownloadError, NoSpaceError
 
 # pickle.UnpicklingError covers UnsafeCheckpointError; ValueError also the
 # config checks' ConfigError (an unreadable config file among them)
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError,
                FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError, ModuleNotFoundError, DownloadError,
-               pickle.UnpicklingError)
+               pickle.UnpicklingError, NoSpaceError)
 
 EXIT_BAD_INPUT = 2
 
@@ -48,7 +48,8 @@ def user_errors():
 
 def checkpoint_errors():
     """While a run is under way, only the checkpoint errors of ours (an
-    unsafe, unreadable or truncated file met mid-run, a failed download)
-    become one line: anything else keeps its traceback for debugging."""
+    unsafe, unreadable or truncated file met mid-run, a failed download, a
+    checkpoint that could not be saved for want of space) become one line:
+    anything else keeps its traceback for debugging."""
     return _one_line_for((pickle.UnpicklingError, DownloadError,
-                          CheckpointFileError))
+                          CheckpointFileError, NoSpaceError))

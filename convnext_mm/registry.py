@@ -4,6 +4,7 @@ mmengine resolves ``type='convnext_mm.X'`` by importing this module, so a
 config can name our classes with the ``convnext_mm.`` scope from any
 downstream library (mmdet, mmseg, mmpretrain) without ``custom_imports``.
 """
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
@@ -19,6 +20,8 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
     scope='convnext_mm',
     locations=['convnext_mm.optim'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='convnext_mm',
+                 locations=['convnext_mm.training'])
 
 
 def register_everywhere(scoped, root, name):

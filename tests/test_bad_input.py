@@ -2,10 +2,12 @@
 any long work, and nothing lost or left behind."""
 import http.server
 import importlib.util
+import json
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -358,6 +360,7 @@ def test_deploy_keeps_a_previous_export(seg_config, capsys, tmp_path):
 def test_resume_names_a_broken_checkpoint_and_the_complete_one(
         seg_config, capsys, tmp_path):
     import crafted
+    from convnext_mm.training import choose_resume
     work = tmp_path / 'work'
     work.mkdir()
     complete = work / 'iter_2.pth'
@@ -367,15 +370,32 @@ def test_resume_names_a_broken_checkpoint_and_the_complete_one(
     broken.write_bytes(crafted.saved({'w': torch.ones(100)})[:300])
     (work / 'last_checkpoint').write_text(str(broken))
     hint = f'the newest complete checkpoint in {work} is {complete}'
-    line = one_error_line(capsys, 'train', seg_config, '--resume',
-                          '--work-dir', work)
-    assert f'{broken} is truncated' in line and hint in line
+    # a named checkpoint is refused, with the complete one beside it
     line = one_error_line(capsys, 'train', seg_config, '--resume', broken)
     assert f'{broken} is truncated' in line and hint in line
+    # --resume alone falls back past it (the real runs: test_training_faults)
+    fitting = []
+    chosen, note = choose_resume(str(work), 'iter_{}.pth', fitting.append)
+    assert chosen is None and fitting == [str(complete)]  # fits() said no
+    chosen, note = choose_resume(str(work), 'iter_{}.pth', lambda p: True)
+    assert chosen == str(complete)
+    assert note == (f'--resume: {broken} (named by last_checkpoint) is not '
+                    f'complete (its save was cut off); resuming from '
+                    f'{complete}, the newest complete checkpoint')
     broken.unlink()
-    line = one_error_line(capsys, 'train', seg_config, '--resume',
-                          '--work-dir', work)
-    assert f'names {broken}, which does not exist' in line and hint in line
+    chosen, note = choose_resume(str(work), 'iter_{}.pth', lambda p: True)
+    assert chosen == str(complete) and 'does not exist' in note
+    complete.unlink()
+    chosen, note = choose_resume(str(work), 'iter_{}.pth', lambda p: True)
+    assert chosen is None and note == (
+        f'--resume: no complete checkpoint in {work}; starting from '
+        'iteration 0')
+    # a newer complete file than the marker's (killed between the two)
+    for step in (2, 4):
+        (work / f'iter_{step}.pth').write_bytes(crafted.saved({'s': step}))
+    (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+    chosen, note = choose_resume(str(work), 'iter_{}.pth', lambda p: True)
+    assert chosen == str(work / 'iter_4.pth') and 'is newer than' in note
 
 
 def test_written_files_are_whole_readable_and_never_clobbered(tmp_path):
@@ -397,3 +417,156 @@ def test_written_files_are_whole_readable_and_never_clobbered(tmp_path):
                                                        'dst.pth'])
     finally:
         os.umask(old)
+
+
+# --- data pre-flight -----------------------------------------------------
+
+
+@pytest.fixture
+def det_data(tmp_path):
+    """A small COCO-format dataset and a Mask R-CNN config on it, in
+    tmp_path (each test may break them)."""
+    from convnext_mm.synthetic import make_coco_instances
+    from convnext_mm.synthetic.small_configs import small_det_config
+    data = dict(train=make_coco_instances(tmp_path / 'coco', num_images=3,
+                                          split='train'),
+                val=make_coco_instances(tmp_path / 'coco', num_images=2,
+                                        seed=1, split='val'))
+    cfg = dumped(small_det_config, 'mask_rcnn_convnext_t_coco', data,
+                 tmp_path / 'work')
+    train = data['train']
+    return cfg, Path(train['data_root']), train
+
+
+def _ann(root, part):
+    return json.loads((root / part['ann_file']).read_text())
+
+
+def test_a_listed_image_that_is_missing_is_named(det_data, capsys):
+    cfg, root, train = det_data
+    first = _ann(root, train)['images'][0]['file_name']
+    (root / train['img_dir'] / first).unlink()
+    line = one_error_line(capsys, 'train', cfg)
+    assert line == ('error: train_dataloader.dataset: image '
+                    f'{root / train["img_dir"] / first} does not exist')
+    line = one_error_line(capsys, 'test', cfg, 'x.pth', '--cfg-options',
+                          f'test_dataloader.dataset.ann_file='
+                          f'{train["ann_file"]}',
+                          f'test_dataloader.dataset.data_root={root}/')
+    assert line.startswith('error: test_dataloader.dataset: image ')
+
+
+def test_a_corrupt_image_is_named_with_check_data_full(det_data, capsys):
+    from mmengine.config import Config
+
+    from convnext_mm.launch import check_data
+    cfg, root, train = det_data
+    first = _ann(root, train)['images'][0]['file_name']
+    (root / train['img_dir'] / first).write_bytes(b'\xff\xd8 not a jpeg')
+    check_data(Config.fromfile(cfg), ['train'])  # quick: existence only
+    line = one_error_line(capsys, 'train', cfg, '--check-data', 'full')
+    assert line == ('error: train_dataloader.dataset: image '
+                    f'{root / train["img_dir"] / first} cannot be decoded; '
+                    'replace or remove it')
+
+
+def test_an_annotation_of_an_unknown_category_is_named(det_data, capsys):
+    cfg, root, train = det_data
+    ann = _ann(root, train)
+    ann['annotations'][0]['category_id'] = 77
+    (root / train['ann_file']).write_text(json.dumps(ann))
+    line = one_error_line(capsys, 'train', cfg)
+    assert line == (
+        f'error: train_dataloader.dataset: 1 annotation(s) in '
+        f'{root / train["ann_file"]} have category_id 77, which is not among '
+        'its categories (1, 2, 3); mmdet would drop them without a word: '
+        'fix the file')
+
+
+def test_class_names_that_are_not_the_datasets_say_how_to_set_them(
+        det_data, capsys):
+    cfg, root, train = det_data
+    # the config left at COCO's 80 classes
+    line = one_error_line(capsys, 'train', cfg, '--cfg-options',
+                          'train_dataloader.dataset.metainfo.classes='
+                          '[person,bicycle]')
+    assert line.startswith(
+        "error: train_dataloader.dataset: the config's classes person, "
+        f'bicycle are not categories of {root / train["ann_file"]} (its '
+        'categories: ')
+    assert "--cfg-options train_dataloader.dataset.metainfo.classes='[" in \
+        line
+
+
+def test_ade20k_image_without_label_map_and_class_lists(tmp_path, capsys):
+    from mmengine.config import Config
+
+    from convnext_mm.launch import check_data
+    from convnext_mm.synthetic import make_ade20k, make_image_folder
+    data = make_ade20k(tmp_path / 'ade', num_train=2, num_val=1,
+                       size=(64, 64))
+    cfg = Config.fromfile(dumped(small_seg_config,
+                                 'upernet_convnext_t_ade20k', data,
+                                 tmp_path / 'work'))
+    check_data(cfg, ['train', 'val'], 'full')
+    labels = Path(data['data_root']) / 'annotations' / 'training'
+    gone = sorted(labels.iterdir())[0]
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match=f'has no label map {gone}'):
+        check_data(cfg, ['train'])
+    check_data(cfg, ['train'], 'off')
+    # mmpretrain's annotation list
+    from convnext_mm.synthetic.small_configs import small_cls_config
+    folders = make_image_folder(tmp_path / 'folders')
+    cls_cfg = small_cls_config('convnext_t_in1k', folders, tmp_path / 'c')
+    train_dir = Path(folders['data_root']) / 'train'
+    listed = sorted(p.relative_to(train_dir) for p in train_dir.rglob('*.*'))
+    (train_dir.parent / 'train.txt').write_text(
+        ''.join(f'{p} 0\n' for p in listed) + 'cat/missing.png 1\n')
+    cls_cfg.train_dataloader.dataset.ann_file = 'train.txt'
+    with pytest.raises(FileNotFoundError,
+                       match='train_dataloader.dataset: image .*missing.png'):
+        check_data(cls_cfg, ['train'])
+
+
+# --- shape pre-flight ----------------------------------------------------
+
+
+def test_a_neck_of_other_widths_than_the_backbone_is_one_line(
+        seg_config, det_data, capsys):
+    cfg, _, _ = det_data
+    # the issue's case: an atto backbone, the neck left at T's widths
+    line = one_error_line(capsys, 'train', cfg, '--cfg-options',
+                          'model.neck.in_channels=[96,192,384,768]')
+    assert line == (
+        'error: model.neck: FPN takes in_channels=[96, 192, 384, 768] but the '
+        'backbone (ConvNeXt arch atto) gives [40, 80, 160, 320] channels; '
+        'set model.neck.in_channels=[40, 80, 160, 320]')
+    line = one_error_line(capsys, 'test', cfg, 'x.pth', '--cfg-options',
+                          'model.roi_head.bbox_head.in_channels=256')
+    assert line == (
+        'error: model.roi_head.bbox_head: Shared2FCBBoxHead takes '
+        'in_channels=256 but the neck (FPN), pooled per RoI, gives 128 '
+        'channels; set model.roi_head.bbox_head.in_channels=128')
+    line = one_error_line(capsys, 'train', seg_config, '--cfg-options',
+                          'model.backbone.arch=tiny')
+    assert line.startswith(
+        'error: model.decode_head: UPerHead takes in_channels=[40, 80, 160, '
+        '320] but the backbone (ConvNeXt arch tiny) gives [96, 192, 384, '
+        '768] channels')
+
+
+@needs_mmdeploy
+def test_deploy_refuses_soft_nms_before_any_work(det_data, capsys,
+                                                 tmp_path):
+    cfg, _, _ = det_data
+    line = one_error_line(capsys, 'deploy', cfg, tmp_path / 'x.pth',
+                          '--out', tmp_path / 'o', '--cfg-options',
+                          "model.test_cfg.rcnn.nms.type=soft_nms")
+    assert line == (
+        "error: model.test_cfg.rcnn.nms.type is 'soft_nms': standard ONNX "
+        'has hard NMS only (NonMaxSuppression), so this test cannot be '
+        'exported exactly. Export with hard NMS: --cfg-options '
+        'model.test_cfg.rcnn.nms.type=nms (boxes that soft-NMS would keep '
+        'with a lowered score are then removed)')
+    assert not (tmp_path / 'o').exists()

@@ -24,7 +24,20 @@ def _deploy(cfg, ckpt, out, *options):
     assert 'verification passed' in text and report['passed'], text[-3000:]
     assert report['opset'] == 17
     assert 'all standard ONNX' in text
-    assert 'ONNX Runtime' in text and 'PyTorch' in text  # latency line
+    # the latency table: the graph apart from the post-processing
+    assert '| runtime | graph | post-processing | total |' in text
+    assert set(report['latency_ms']) == {'pytorch', 'onnxruntime',
+                                         'onnxruntime_graph', 'postprocess'}
+    resize = report['input']['resize']
+    if '--shape' in options:
+        h, w = options[options.index('--shape') + 1:][:2]
+        assert resize['scale'] == [int(w), int(h)] and not resize[
+            'keep_ratio']
+    else:
+        assert resize['keep_ratio'] is True and len(resize['scale']) == 2
+    assert resize['interpolation'] == 'bilinear'
+    assert sorted(p.name for p in out.iterdir()) == [
+        'end2end.onnx', 'export.json']
     return text, report
 
 
@@ -215,3 +228,55 @@ def test_adaptive_pooling_exports_exactly(tmp_path, size):
     got = ort.InferenceSession(str(tmp_path / 'p.onnx')).run(
         None, {'x': x.numpy()})[0]
     np.testing.assert_allclose(got, Pyramid()(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_mmdeploy
+def test_a_breakdown_after_the_export_leaves_nothing(trained_upernet,
+                                                     tmp_path, monkeypatch,
+                                                     capsys):
+    import importlib.util
+
+    from tool_utils import ROOT
+    cfg, work, _ = trained_upernet
+
+    def broken(*args):
+        raise RuntimeError('the runtime fell over')
+
+    monkeypatch.setattr(verify, 'compare_labels', broken)
+    spec = importlib.util.spec_from_file_location('tool_deploy',
+                                                  ROOT / 'tools/deploy.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / 'onnx'
+    with pytest.raises(SystemExit) as exit_:
+        module.main([str(cfg), str(work / 'iter_20.pth'), '--out', str(out),
+                     '--repeat', '1', '--cfg-options',
+                     'model.test_cfg.mode=whole'])
+    assert exit_.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ('error: the export broke down (RuntimeError: the '
+                       f'runtime fell over); nothing was written to {out}')
+    assert not out.exists()  # a rerun is not blocked
+
+
+def test_pasted_masks_are_mmdeploys(tmp_path):
+    """The vectorised paste against mmdeploy's per-box grid_sample."""
+    pytest.importorskip('mmdeploy')
+    from mmdeploy.codebase.mmdet.deploy.object_detection_model import \
+        End2EndModel
+
+    from convnext_mm.deploy.postprocess import paste_masks
+    gen = torch.Generator().manual_seed(0)
+    n, h, w = 40, 120, 160
+    x0, y0 = torch.rand(n, generator=gen) * 150, torch.rand(
+        n, generator=gen) * 110
+    boxes = torch.stack([x0, y0, x0 + torch.rand(n, generator=gen) * 60,
+                         y0 + torch.rand(n, generator=gen) * 40], 1)
+    boxes[0, 2] = boxes[0, 0]  # a box of no width
+    boxes[1] = torch.tensor([-20., -10., 200., 150.])  # past the image
+    masks = torch.rand(n, 28, 28, generator=gen)
+    ref = End2EndModel.postprocessing_masks(boxes, masks, w, h) >= 0.5
+    ours = paste_masks(masks, boxes, h, w)
+    assert ours.shape == (n, h, w) and ours.dtype == torch.bool
+    assert torch.equal(ours, ref)

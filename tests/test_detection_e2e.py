@@ -132,6 +132,11 @@ def test_two_process_distributed_training(coco, tmp_path):
         in out
     ckpt = safe_torch_load(work / 'iter_3.pth')
     assert ckpt['meta']['iter'] == 3
+    # written whole by the main process only: the marker names it, no
+    # temporary file of either rank is left
+    assert 'Checkpoints are written whole' in out
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_3.pth')
+    assert not list(work.glob('*.partial'))
 
 
 def test_missing_dataset_fails_before_training(coco, tmp_path):

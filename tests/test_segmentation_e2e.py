@@ -29,14 +29,24 @@ def test_upernet_trains_with_the_released_recipe(trained_upernet):
     assert safe_torch_load(work / 'iter_20.pth')['meta']['iter'] == 20
 
 
-def test_single_and_multi_scale_miou(trained_upernet):
+def test_single_and_multi_scale_miou(trained_upernet, tmp_path):
     cfg, work, _ = trained_upernet
-    _, single = run_tool('test.py', cfg, work / 'iter_20.pth')
-    _, multi = run_tool('test.py', cfg, work / 'iter_20.pth', '--tta')
+    ss_dir, ms_dir = tmp_path / 'ss', tmp_path / 'ms'
+    _, single = run_tool('test.py', cfg, work / 'iter_20.pth',
+                         '--work-dir', ss_dir)
+    _, multi = run_tool('test.py', cfg, work / 'iter_20.pth', '--tta',
+                        '--work-dir', ms_dir)
     ss, ms = metric(single, 'mIoU'), metric(multi, 'mIoU')
     assert 0. <= ss <= 100. and 0. <= ms <= 100.
     # six scales x two flips went through the model for every image
     assert ss != ms
+    # the tables file each run by what it ran: both dumped configs define
+    # tta_model, only the --tta run used it
+    _, out = run_tool('reproduce_tables.py', '--tables', '4', '--configs',
+                      LEAF, '--logs', f'{LEAF}={ss_dir}', f'{LEAF}={ms_dir}')
+    row = next(line for line in out.splitlines()
+               if line.startswith(f'| {LEAF} |'))
+    assert row.endswith(f'| 46.0 / {ss:.1f} | 46.7 / {ms:.1f} |'), row
 
 
 def test_safetensors_checkpoint_tests_the_same(trained_upernet, tmp_path):

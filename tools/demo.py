@@ -19,7 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
 warnings.filterwarnings('ignore', category=UserWarning)
 
 import torch  # noqa: E402

@@ -8,20 +8,30 @@
 Writes ``DIR/end2end.onnx`` (standard ONNX ops, opset 17) and
 ``DIR/export.json`` (input, outputs, label map, the verification), runs the
 graph in ONNX Runtime and the model in PyTorch on the same image, prints a
-table of their differences and each one's CPU latency, and exits with 1
-when the verification fails (2 on bad input, before any work).
+table of their differences and the CPU latencies (ONNX Runtime's graph
+apart from the post-processing), and exits with 1 when the verification
+fails, 2 on bad input (before any work: a soft-NMS test, say, is refused)
+and 3 when the export or its verification breaks down; the two files
+appear in DIR only together, when the report is complete.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
 
 from mmengine.config import DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n'
+        '  python tools/deploy.py configs/mask_rcnn_convnext_t_coco.py '
+        'epoch_36.pth --out onnx/mask_rcnn_t --image demo.jpg\n'
+        '  python tools/deploy.py configs/upernet_convnext_t_ade20k.py '
+        'iter_160000.pth --out onnx/upernet_t --dynamic --cfg-options '
+        'model.test_cfg.mode=whole')
     parser.add_argument('config', help='a COCO (Mask R-CNN, Cascade Mask '
                         'R-CNN) or ADE20K (UperNet) config')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -37,6 +47,9 @@ def parse_args(argv=None):
                         'sliding-window test mode)')
     parser.add_argument('--image', help='image to export and verify on '
                         '(default: a generated 480x640 scene)')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='export even if the checkpoint leaves parts '
+                        'of the model (neck, heads) without weights')
     parser.add_argument('--repeat', type=int, default=3,
                         help='timed runs for the latency (median)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,

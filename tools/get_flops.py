@@ -11,11 +11,9 @@ its numbers are printed beside ours. FLOPs follow mmcv 1.x's counter (see
 detectors (mask heads on the first 100 of 1000 proposals).
 """
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
 warnings.filterwarnings('ignore', category=UserWarning)
 
 from mmengine.logging import MMLogger  # noqa: E402

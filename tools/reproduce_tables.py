@@ -10,26 +10,39 @@ tools/get_flops.py). FPS, with ``--fps`` on a CUDA machine, is measured as
 the paper did: one image at a time through the test pipeline, on the
 checkpoint found in the config's work dir if any (random weights run the
 same layers but keep fewer boxes). Box/mask AP and mIoU come from the test
-logs under the ``--logs`` work dirs of tools/test.py runs (a ``--tta`` run
-gives the multi-scale mIoU); each work dir is matched to its config by the
-config file mmengine writes there, or named explicitly as ``NAME=DIR``.
+logs under the ``--logs`` work dirs of tools/test.py runs: a run whose
+model was the TTA model (``--tta``, read from the config mmengine dumped for
+that run) gives the multi-scale mIoU, any other the single-scale one (COCO
+AP only from single-scale runs, as Table 3); each work dir is matched to its
+config by the config file mmengine writes there, or named explicitly as
+``NAME=DIR``.
 """
 import argparse
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _tool import ROOT  # noqa: E402  (checkout on sys.path, warnings)
+
 warnings.filterwarnings('ignore', category=UserWarning)
 
+from mmengine.config import Config  # noqa: E402
 from mmengine.logging import MMLogger  # noqa: E402
 
 from convnext_mm.analysis.measure import (measure_config,  # noqa: E402
                                           measure_fps)
 from convnext_mm.analysis.paper import ADE20K, COCO  # noqa: E402
+
+
+def multi_scale(dumped: Path) -> bool:
+    """Whether the test run that dumped this config ran the multi-scale +
+    flip TTA model (every ADE20K config *defines* ``tta_model``; only a
+    ``--tta`` run makes it the model)."""
+    if not dumped.is_file():
+        return False
+    model = Config.fromfile(str(dumped)).get('model') or {}
+    return str(model.get('type', '')).endswith('TTAModel')
 
 
 def read_results(logs):
@@ -51,9 +64,8 @@ def read_results(logs):
         found = results.setdefault(name, {})
         for log in sorted(work.glob('*/*.json')):
             metrics = json.loads(log.read_text().splitlines()[-1])
-            dumped = log.parent / 'vis_data' / 'config.py'
-            tta = dumped.is_file() and 'TTAModel' in dumped.read_text()
-            if 'coco/bbox_mAP' in metrics:
+            tta = multi_scale(log.parent / 'vis_data' / 'config.py')
+            if 'coco/bbox_mAP' in metrics and not tta:
                 found['box_ap'] = 100 * metrics['coco/bbox_mAP']
                 found['mask_ap'] = 100 * metrics.get('coco/segm_mAP', 0.)
             if 'mIoU' in metrics:

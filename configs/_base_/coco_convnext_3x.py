@@ -7,6 +7,8 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# checkpoints written whole, old ones removed only after their successor
+default_hooks = dict(checkpoint=dict(type='convnext_mm.SafeCheckpointHook'))
 
 short_sides = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 train_pipeline = [

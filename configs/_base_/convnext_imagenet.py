@@ -9,6 +9,8 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# checkpoints written whole, old ones removed only after their successor
+default_hooks = dict(checkpoint=dict(type='convnext_mm.SafeCheckpointHook'))
 
 model = dict(
     type='ImageClassifier',

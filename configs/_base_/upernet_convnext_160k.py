@@ -8,6 +8,8 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# checkpoints written whole, old ones removed only after their successor
+default_hooks = dict(checkpoint=dict(type='convnext_mm.SafeCheckpointHook'))
 
 model = dict(
     pretrained=None,

@@ -18,11 +18,12 @@ from .report import Report, examine
 from .safe_load import (CheckpointFileError, CheckpointTooCostlyError,
                         TruncatedError, UnsafeCheckpointError, read_file,
                         safe_torch_load)
+from .saving import NoSpaceError
 from .sources import read_checkpoint
 
 __all__ = [
     'CheckpointFileError', 'CheckpointTooCostlyError', 'DownloadError',
-    'LAYOUT_DESCRIPTIONS', 'Report', 'TruncatedError',
+    'LAYOUT_DESCRIPTIONS', 'NoSpaceError', 'Report', 'TruncatedError',
     'UnsafeCheckpointError', 'detect_layout', 'examine', 'infer_arch',
     'load_pretrained', 'prepare', 'prepare_whole', 'read_checkpoint',
     'read_file', 'safe_torch_load', 'to_convnext_mm'

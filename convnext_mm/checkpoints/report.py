@@ -81,6 +81,21 @@ class Report:
                 self.problems[:3]) + more + '; refusing to load it')
         return self
 
+    def check_whole(self, option: str = '--allow-partial') -> 'Report':
+        """Refuse, in one ValueError, a whole model's checkpoint that leaves
+        parts of the model without weights (a checkpoint of another task:
+        an UperNet's through a Mask R-CNN config leaves its neck and heads
+        random), naming them and ``option``, the way to accept it."""
+        if not self.fresh:
+            return self
+        other = f' (it has {_parts(self.left_out)} instead)' \
+            if self.left_out else ''
+        raise ValueError(
+            f'{self.source} has no weights for {_parts(self.fresh)} of this '
+            f"config's model{other}: it is not a checkpoint of this model. "
+            "Give the checkpoint trained with this config, or pass "
+            f'{option} to run with those parts at their initial weights')
+
     def lines(self) -> List[str]:
         """The report as logged: layout, loaded, fresh, left out."""
         name = 'a whole model\'s state dict' if self.layout == \
@@ -97,6 +112,16 @@ class Report:
             lines.append(f'  left out (not part of this {part}): '
                          f'{summarise(self.left_out)}')
         return lines
+
+
+def _parts(names: Iterable[str]) -> str:
+    """'neck (12 tensors), roi_head (30 tensors)': by top-level module."""
+    counts: Dict[str, int] = OrderedDict()
+    for name in names:
+        top = name.split('.')[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ', '.join(f'{k} ({n} tensor{"s" * (n != 1)})'
+                     for k, n in counts.items())
 
 
 def bad_weight(name: str, value: torch.Tensor,

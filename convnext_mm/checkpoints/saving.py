@@ -8,6 +8,7 @@ are created private (mode 0600); the finished file gets the mode a plain
 ``open`` would have given it (0666 less the umask), so a shared cache stays
 readable to the next user.
 """
+import errno
 import os
 import os.path as osp
 import tempfile
@@ -32,6 +33,39 @@ def _umask() -> int:
     return mask
 
 
+PARTIAL_SUFFIX = '.partial'
+# a full disk or quota: the write is abandoned, its partial file removed
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class NoSpaceError(OSError):
+    """A file could not be written whole for want of space; nothing of it
+    was left on disk."""
+
+
+def partial_of(name: str) -> str:
+    """The file name an :func:`atomic_file` temporary file ``name`` was
+    to become ('' for another file); one is left behind only by a killed
+    process."""
+    if not name.endswith(PARTIAL_SUFFIX):
+        return ''
+    return name[:-len(PARTIAL_SUFFIX)].rpartition('.')[0]
+
+
+def _sync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` survive a power cut."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_file(dst, overwrite: bool = True):
     """Yield a binary file that becomes ``dst`` only when the block
@@ -39,18 +73,27 @@ def atomic_file(dst, overwrite: bool = True):
 
     With ``overwrite=False`` a ``dst`` that appeared meanwhile is left alone
     and FileExistsError is raised (the rename is then a hard link, which
-    fails instead of replacing).
+    fails instead of replacing). A full disk raises :class:`NoSpaceError`
+    naming ``dst``, after the partial file is removed.
     """
     dst = os.fspath(dst)
     folder = osp.dirname(dst) or '.'
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=osp.basename(dst)[:100] +
-                               '.', suffix='.partial')
+                               '.', suffix=PARTIAL_SUFFIX)
     try:
-        with os.fdopen(fd, 'wb') as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with os.fdopen(fd, 'wb') as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as err:
+            if err.errno not in _NO_SPACE:
+                raise
+            os.remove(tmp)
+            raise NoSpaceError(
+                f'writing {dst} failed: {err.strerror}; its partial file '
+                'was removed (free space and run again)') from None
         os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, dst)
@@ -61,6 +104,7 @@ def atomic_file(dst, overwrite: bool = True):
                 raise FileExistsError(
                     f'{dst} appeared while it was being written; it was '
                     'left as it is (pass --force to overwrite it)') from None
+        _sync_folder(folder)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)

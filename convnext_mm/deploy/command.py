@@ -4,6 +4,7 @@ import json
 import os
 import os.path as osp
 import platform
+import sys
 import tempfile
 from typing import List, Optional
 
@@ -18,6 +19,7 @@ from .support import check_export_support
 
 ONNX_FILE = 'end2end.onnx'
 REPORT_FILE = 'export.json'
+EXIT_BROKE_DOWN = 3
 # the image exported and verified on when none is given: a 480x640 scene
 # of the generated shapes, as large as a typical COCO or ADE20K photo
 DEFAULT_IMAGE_SIZE = (480, 640)
@@ -84,6 +86,28 @@ def _classes(cfg) -> List[str]:
     return list(classes)
 
 
+def resize_rule(cfg, shape: Optional[List[int]]) -> dict:
+    """How a runtime must resize an image before the graph, as the export
+    did: the test pipeline's ``Resize`` (scale, keep-ratio, interpolation,
+    backend), or the exact ``--shape``."""
+    if shape:
+        return dict(scale=[shape[1], shape[0]], keep_ratio=False,
+                    interpolation='bilinear', backend='cv2',
+                    note='--shape H W: every image resized to exactly HxW')
+    resize = next((t for t in cfg.test_pipeline
+                   if str(t.get('type', '')).split('.')[-1] == 'Resize'),
+                  None)
+    if resize is None:
+        return dict(scale=None, note='the test pipeline does not resize')
+    scale = resize.get('scale')
+    return dict(scale=list(scale) if isinstance(scale, (list, tuple)) else
+                scale, keep_ratio=bool(resize.get('keep_ratio', False)),
+                interpolation=resize.get('interpolation', 'bilinear'),
+                backend=resize.get('backend', 'cv2'),
+                note='scale is (width, height); with keep_ratio the image '
+                'is scaled by one factor to fit inside it (as mmcv.imrescale)')
+
+
 def _report(args, exported, opset, ops, rows, times, passed) -> dict:
     from .export import output_names
     cfg = exported.model_cfg
@@ -93,6 +117,7 @@ def _report(args, exported, opset, ops, rows, times, passed) -> dict:
         config=args.config, checkpoint=args.checkpoint,
         onnx=ONNX_FILE, opset=opset, ops=ops,
         input=dict(name='input', shape=shape, dynamic_hw=bool(args.dynamic),
+                   resize=resize_rule(cfg, args.shape),
                    mean=list(pre.mean), std=list(pre.std),
                    bgr_to_rgb=bool(pre.get('bgr_to_rgb', False)),
                    padded_by_graph_to=None if exported.segmentation else
@@ -100,44 +125,65 @@ def _report(args, exported, opset, ops, rows, times, passed) -> dict:
                            'pad_size_divisor', 1)),
         outputs=output_names(cfg), classes=_classes(cfg),
         verification=[r._asdict() for r in rows], passed=passed,
-        latency_ms=dict(pytorch=1e3 * times[0], onnxruntime=1e3 * times[1]),
+        latency_ms={k: 1e3 * v for k, v in times.items()},
         cpu=platform.processor() or platform.machine())
 
 
 def run(args) -> int:
-    """Export, verify, report; the exit code (0: verified, 1: not)."""
-    import torch
-
-    from .export import Exported, deploy_config, graph_ops
+    """Export, verify, report; the exit code (0: verified, 1: not, 2: bad
+    input, before any work; 3: the export or its verification broke down,
+    and nothing was left in ``--out``)."""
     with user_errors():
         cfg = launch.load_config(args.config, args.cfg_options)
         check_request(args, cfg)
         image = read_image(args.image)
         model = launch.check_model(cfg, training=False)
-        launch.check_checkpoint(model, args.checkpoint)
+        launch.check_checkpoint(model, args.checkpoint, args.allow_partial)
         del model
+    existed = osp.isdir(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    try:
+        # everything is written in a temporary folder inside --out and
+        # moved into place only when the report is written
+        with tempfile.TemporaryDirectory(dir=args.out,
+                                         prefix='.export-') as work:
+            passed = _export_and_verify(args, cfg, image, work)
+            os.replace(osp.join(work, ONNX_FILE),
+                       osp.join(args.out, ONNX_FILE))
+            os.replace(osp.join(work, REPORT_FILE),
+                       osp.join(args.out, REPORT_FILE))
+    except Exception as err:  # noqa: BLE001  whatever broke, said once
+        if not existed and not os.listdir(args.out):
+            os.rmdir(args.out)
+        detail = ' '.join(str(err).split())[:500]
+        print(f'error: the export broke down ({type(err).__name__}: '
+              f'{detail}); nothing was written to {args.out}',
+              file=sys.stderr)
+        return EXIT_BROKE_DOWN
+    return 0 if passed else 1
+
+
+def _export_and_verify(args, cfg, image, work: str) -> bool:
+    import torch
+
+    from .export import Exported, deploy_config, graph_ops
     deploy_cfg = deploy_config(cfg, args.dynamic, args.shape)
     exported = Exported(cfg, deploy_cfg, args.checkpoint, image)
     print(f'input: {tuple(exported.graph_input.shape)} (N, C, H, W; '
           f'{"dynamic" if args.dynamic else "fixed"} height and width)',
           flush=True)
-
-    os.makedirs(args.out, exist_ok=True)
-    path = osp.join(args.out, ONNX_FILE)
-    with tempfile.TemporaryDirectory(dir=args.out,
-                                     prefix='.export-') as work:
-        partial = osp.join(work, ONNX_FILE)
-        exported.export(partial)
-        os.replace(partial, path)
+    path = osp.join(work, ONNX_FILE)
+    exported.export(path)
     opset, ops, custom = graph_ops(path)
-    print(f'wrote {path}: ONNX opset {opset}, {len(ops)} op types'
+    print(f'exported {ONNX_FILE}: ONNX opset {opset}, {len(ops)} op types'
           + (f', non-standard: {", ".join(custom)}' if custom else
              ', all standard ONNX'), flush=True)
 
     # the compared predictions are the timing's warm-up runs
     ours, torch_time = verify.timed(exported.torch_predictor(), args.repeat)
-    theirs, onnx_time = verify.timed(exported.onnx_predictor(path),
-                                     args.repeat)
+    graph, post = exported.onnx_stages(path)
+    raw, graph_time = verify.timed(graph, args.repeat)
+    theirs, post_time = verify.timed(lambda: post(raw), args.repeat)
     if exported.segmentation:
         rows = verify.compare_labels(ours.pred_sem_seg.data,
                                      theirs.pred_sem_seg.data)
@@ -148,18 +194,17 @@ def run(args) -> int:
     rows.append(verify.Row('standard ONNX ops only',
                            'yes' if not custom else ', '.join(custom),
                            'yes', not custom))
-    times = (torch_time, onnx_time)
+    times = dict(pytorch=torch_time, onnxruntime=graph_time + post_time,
+                 onnxruntime_graph=graph_time, postprocess=post_time)
     passed = all(r.ok for r in rows)
     print(verify.table(rows))
-    threads = torch.get_num_threads()
-    print(f'CPU latency for this image (median of {args.repeat}, '
-          f'{threads} threads, after pre-processing): PyTorch '
-          f'{1e3 * times[0]:.0f} ms, ONNX Runtime {1e3 * times[1]:.0f} ms')
+    print(verify.latency_table(times, args.repeat, torch.get_num_threads()))
     report = _report(args, exported, opset, ops, rows, times, passed)
-    with open(osp.join(args.out, REPORT_FILE), 'w') as f:
+    with open(osp.join(work, REPORT_FILE), 'w') as f:
         json.dump(report, f, indent=1)
+    print(f'wrote {osp.join(args.out, ONNX_FILE)} and {REPORT_FILE}')
     print('verification passed' if passed else
           'verification FAILED: ' + '; '.join(
               f'{r.check} {r.value} (limit {r.limit})'
               for r in rows if not r.ok))
-    return 0 if passed else 1
+    return passed

@@ -9,6 +9,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config
 
+from .postprocess import detections
+
 OPSET = 17  # LayerNormalization (17) and RoiAlign's half_pixel mode (16)
 INPUT = 'input'
 DET_OUTPUTS = ['dets', 'labels']
@@ -141,30 +143,36 @@ class Exported:
         finally:
             self.model.roi_head.test_cfg = saved
 
-    def onnx_predictor(self, path: str) -> Callable[[], object]:
-        """Runs the ONNX file in ONNX Runtime (CPU) on the image, with the
-        post-processing a deployment does: mmdeploy's for detections
-        (boxes back to the original image, masks pasted); mmseg's own for
-        logits (resized to the original image, argmax)."""
+    def onnx_stages(self, path: str):
+        """The ONNX file in ONNX Runtime (CPU) on the image, as two stages
+        timed apart: ``graph()`` (the session's run, its raw outputs) and
+        ``post(outputs)``, the post-processing a deployment does - for
+        detections :mod:`.postprocess` (boxes back to the original image,
+        masks pasted), for logits mmseg's own (resized to the original
+        image, argmax). ``post`` returns the data sample."""
+        import onnxruntime as ort
+        session = ort.InferenceSession(path,
+                                       providers=['CPUExecutionProvider'])
+        feed = {INPUT: self.graph_input.numpy()}
+
+        def graph():
+            return session.run(None, feed)
+
         if self.segmentation:
-            import onnxruntime as ort
-            session = ort.InferenceSession(
-                path, providers=['CPUExecutionProvider'])
-
-            def run():
-                logits = session.run(None,
-                                     {INPUT: self.graph_input.numpy()})[0]
+            def post(outputs):
                 return self.model.postprocess_result(
-                    torch.from_numpy(logits), self.samples())[0]
+                    torch.from_numpy(outputs[0]), self.samples())[0]
         else:
-            backend = self.task.build_backend_model([path])
+            def post(outputs):
+                sample = self.samples()[0]
+                sample.pred_instances = detections(outputs, sample.metainfo)
+                return sample
+        return graph, post
 
-            def run():
-                with torch.no_grad():
-                    return backend(self.graph_input, self.samples(),
-                                   mode='predict')[0]
-
-        return run
+    def onnx_predictor(self, path: str) -> Callable[[], object]:
+        """Both stages of :meth:`onnx_stages` in one call."""
+        graph, post = self.onnx_stages(path)
+        return lambda: post(graph())
 
     def export(self, path: str) -> None:
         """Write the ONNX graph to ``path`` (TorchScript-based exporter:

@@ -36,7 +36,8 @@ def _parts(cfg: Config, path: str):
 
 def check_export_support(cfg: Config) -> None:
     """Refuse a config whose model has a part the export does not handle,
-    naming the part and what is supported."""
+    naming the part and what is supported, or a test it cannot export
+    exactly (:func:`check_nms`)."""
     scope = cfg.get('default_scope')
     if scope not in ('mmdet', 'mmseg'):
         raise ConfigError(
@@ -50,3 +51,34 @@ def check_export_support(cfg: Config) -> None:
                 raise ConfigError(
                     f'{path} is {name}, which tools/deploy.py cannot export '
                     f'(supported: {", ".join(supported)})')
+    check_nms(cfg)
+
+
+def _nms_settings(cfg: Config):
+    """(config path, nms dict) of every test-time NMS of a detector."""
+    test_cfg = (cfg.get('model') or {}).get('test_cfg') or {}
+    for stage in ('rpn', 'rcnn'):
+        settings = test_cfg.get(stage) or {}
+        for i, one in enumerate(settings if isinstance(settings, list)
+                                else [settings]):
+            nms = one.get('nms') if isinstance(one, dict) else None
+            if isinstance(nms, dict):
+                where = f'model.test_cfg.{stage}' + (
+                    f'.{i}' if isinstance(settings, list) else '')
+                yield f'{where}.nms.type', nms
+
+
+def check_nms(cfg: Config) -> None:
+    """Refuse a test-time NMS other than hard NMS: ONNX has only
+    NonMaxSuppression, and exporting soft-NMS as it would give other boxes
+    and scores than the config's test (the verification would fail only
+    after the export)."""
+    for where, nms in _nms_settings(cfg):
+        kind = nms.get('type', 'nms')
+        if kind != 'nms':
+            raise ConfigError(
+                f'{where} is {kind!r}: standard ONNX has hard NMS only '
+                '(NonMaxSuppression), so this test cannot be exported '
+                f'exactly. Export with hard NMS: --cfg-options {where}=nms '
+                '(boxes that soft-NMS would keep with a lowered score are '
+                'then removed)')

@@ -166,3 +166,17 @@ def table(rows: List[Row]) -> str:
         mark = ('ok' if row.ok else 'FAIL') if row.limit else ''
         lines.append(f'| {row.check} | {row.value} | {row.limit} | {mark} |')
     return '\n'.join(lines)
+
+
+def latency_table(times_s: dict, repeats: int, threads: int) -> str:
+    """The CPU latencies (median of ``repeats``, after pre-processing) as
+    a markdown table: PyTorch's whole model beside ONNX Runtime's graph and
+    the post-processing after it."""
+    ms = {k: 1e3 * v for k, v in times_s.items()}
+    return '\n'.join([
+        f'CPU latency for this image (median of {repeats}, {threads} '
+        'threads, after pre-processing):',
+        '| runtime | graph | post-processing | total |', '|---|---|---|---|',
+        f'| PyTorch | | | {ms["pytorch"]:.0f} ms |',
+        f'| ONNX Runtime | {ms["onnxruntime_graph"]:.0f} ms | '
+        f'{ms["postprocess"]:.0f} ms | {ms["onnxruntime"]:.0f} ms |'])

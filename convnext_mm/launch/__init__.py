@@ -1,12 +1,12 @@
 """What the tools share, by job: :mod:`.config` (reading a config),
-:mod:`.preflight` (checks before long work starts) and :mod:`.runner`
-(building the runner once they pass)."""
+:mod:`.data` and :mod:`.preflight` (checks before long work starts) and
+:mod:`.runner` (building the runner once they pass)."""
 from ..errors import ConfigError
 from .config import (TASKS, adapt_to_device, check_options, load_config,
                      task_of, use_tta)
-from .preflight import (check_backbone_args, check_checkpoint, check_data,
-                        check_label_maps, check_model, check_resume,
-                        newest_complete)
+from .data import check_data, check_label_maps
+from .preflight import (check_backbone_args, check_checkpoint, check_model,
+                        check_resume, newest_complete)
 from .runner import add_run_args, build_runner, prepare_runner
 
 __all__ = [

@@ -10,9 +10,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..errors import user_errors
+from ..training import use_safe_checkpoints
 from .config import adapt_to_device, load_config
-from .preflight import (check_checkpoint, check_data, check_model,
-                        check_resume)
+from .data import MODES, check_data
+from .preflight import check_checkpoint, check_model, check_resume
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,11 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         'work_dirs/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, KEY=VALUE')
+    parser.add_argument(
+        '--check-data', choices=MODES, default='quick',
+        help='before the run, check the datasets: quick (every listed file '
+        'exists, annotations and class names agree; seconds for COCO), '
+        'full (also decode every image), off')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -42,7 +48,9 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
     """Load, check and adapt the config of ``args``, then build its runner.
 
     ``adjust`` applies the tool's own options to the config; ``splits``
-    names the dataloaders whose data must exist. Bad input (the config, its
+    names the dataloaders whose data must exist. A test (``training``
+    False) refuses a checkpoint that leaves parts of the model without
+    weights unless ``args.allow_partial``. Bad input (the config, its
     model, data, checkpoints) ends the process with one ``error: ...`` line
     and exit code 2 before the runner starts.
     """
@@ -51,14 +59,19 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
         cfg = load_config(args.config, args.cfg_options)
         adjust(cfg)
         cfg.launcher = args.launcher
+        if training:
+            use_safe_checkpoints(cfg)
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
             'work_dirs', osp.splitext(osp.basename(args.config))[0])
-        check_data(cfg, splits(cfg))
+        check_data(cfg, splits(cfg), args.check_data)
         model = check_model(cfg, training)
         if cfg.get('resume'):
             check_resume(cfg, model)
         elif cfg.get('load_from'):
-            check_checkpoint(model, cfg.load_from)
+            # fine-tuning may start from another task's model; a test may
+            # not run on random heads unless --allow-partial says so
+            check_checkpoint(model, cfg.load_from,
+                             training or args.allow_partial)
         del model
     adapt_to_device(cfg)
     return build_runner(cfg)

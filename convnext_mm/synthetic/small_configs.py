@@ -45,8 +45,7 @@ def short_schedule(cfg, work_dir, max_iters, ckpt_interval, lr,
     # sampler makes mmengine's loop sleep 2 s at every pass over the data
     cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
     cfg.optim_wrapper.optimizer.lr = lr
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                        interval=ckpt_interval,
+    cfg.default_hooks.checkpoint.update(interval=ckpt_interval,
                                         by_epoch=False)
     cfg.default_hooks.logger.interval = log_interval
     cfg.log_processor = dict(by_epoch=False)

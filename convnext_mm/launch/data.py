@@ -1,0 +1,263 @@
+"""Data pre-flight: a dataset that cannot give what the config asks for is
+one ``error:`` line before the runner starts, not a traceback at image 3,
+a silent loss of annotations, or ``need at least one array to concatenate``
+after the first epoch's logs.
+
+Checked for every dataset a run reads (wrappers unwrapped):
+
+- the paths the config names exist (``data_root``, ``ann_file``, each
+  ``data_prefix``), and folders are not empty;
+- COCO-format annotations (mmdet): the file is COCO JSON, every listed
+  image file exists, every annotation's ``category_id`` is one of its
+  categories (mmdet drops the others without a word), and the config's
+  class names are categories of the file (else how to set ``metainfo``);
+- ADE20K-format data (mmseg): every image has its label map, of its size,
+  single-channel 8-bit;
+- class-list annotations (mmpretrain ``ann_file``): every listed image
+  exists.
+
+Only existence, file headers and JSON are read, so COCO's 118k images take
+seconds; ``full=True`` (``--check-data full``) decodes every image and
+label map too.
+"""
+import inspect
+import json
+import os
+import os.path as osp
+from typing import List, Optional, Tuple
+
+from mmengine.config import Config
+from mmengine.registry import DATASETS
+from PIL import Image
+
+MODES = ('quick', 'full', 'off')
+
+
+def _datasets(cfg_dataset):
+    """The leaf dataset configs of a possibly wrapped dataset config."""
+    if cfg_dataset is None:
+        return []
+    if 'datasets' in cfg_dataset:
+        return [d for sub in cfg_dataset['datasets'] for d in _datasets(sub)]
+    if 'dataset' in cfg_dataset:
+        return _datasets(cfg_dataset['dataset'])
+    return [cfg_dataset]
+
+
+def _dataset_class(dataset, scope: Optional[str]):
+    name = dataset.get('type', '')
+    if not isinstance(name, str):
+        return name
+    return DATASETS.get(f'{scope}.{name}' if scope and '.' not in name else
+                        name)
+
+
+def _defaults(cls) -> dict:
+    if cls is None:
+        return {}
+    return {k: p.default
+            for k, p in inspect.signature(cls.__init__).parameters.items()}
+
+
+def check_data(cfg: Config, splits: List[str], mode: str = 'quick') -> None:
+    """Run the checks of the module docstring on the datasets of
+    ``splits`` ('train', 'val', 'test'); ``mode`` 'full' also decodes every
+    image, 'off' checks nothing."""
+    if mode == 'off':
+        return
+    scope = cfg.get('default_scope')
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not loader:
+            continue
+        for dataset in _datasets(loader.get('dataset')):
+            where = f'{split}_dataloader.dataset'
+            _check_paths(dataset, split)
+            prefix = dataset.get('data_prefix') or {}
+            if isinstance(prefix, str):
+                prefix = dict(img_path=prefix)
+            ann = dataset.get('ann_file')
+            cls = _dataset_class(dataset, scope)
+            if prefix.get('seg_map_path'):
+                check_label_maps(dataset, where, cls, mode == 'full')
+            elif ann and scope == 'mmdet' and ann.endswith('.json'):
+                _check_coco(dataset, where, split, cls, mode == 'full')
+            elif ann and scope == 'mmpretrain':
+                _check_list(dataset, where, mode == 'full')
+
+
+def _join(root: str, path: str) -> str:
+    return osp.join(root, path) if root else path
+
+
+def _check_paths(dataset, split: str) -> None:
+    root = dataset.get('data_root') or ''
+    paths = []
+    if root:
+        paths.append(('data_root', root))
+    ann = dataset.get('ann_file')
+    if ann:
+        paths.append(('ann_file', _join(root, ann)))
+    prefix = dataset.get('data_prefix') or {}
+    if isinstance(prefix, str):
+        prefix = dict(img_path=prefix)
+    for key, sub in prefix.items():
+        if sub:
+            paths.append((f'data_prefix.{key}', _join(root, sub)))
+    for key, path in paths:
+        if not osp.exists(path):
+            raise FileNotFoundError(
+                f'{split}_dataloader.dataset.{key}: {path} does not '
+                'exist. Point the config at your data, e.g. '
+                f'--cfg-options {split}_dataloader.dataset.'
+                'data_root=/path/to/dataset/')
+        if key != 'data_root' and _is_empty_dir(path):
+            raise FileNotFoundError(
+                f'{split}_dataloader.dataset.{key}: {path} is empty')
+
+
+def _is_empty_dir(path: str) -> bool:
+    if not osp.isdir(path):
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def _decodes(path: str) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001  whatever a broken file raises
+        return False
+
+
+def _first_missing(paths: List[str], full: bool, where: str) -> None:
+    missing = [p for p in paths if not osp.isfile(p)]
+    if missing:
+        more = f' (and {len(missing) - 1} more of {len(paths)})' if len(
+            missing) > 1 else ''
+        raise FileNotFoundError(f'{where}: image {missing[0]} does not '
+                                f'exist{more}')
+    if full:
+        broken = [p for p in paths if not _decodes(p)]
+        if broken:
+            more = f' (and {len(broken) - 1} more)' if len(broken) > 1 \
+                else ''
+            raise ValueError(f'{where}: image {broken[0]} cannot be decoded'
+                             f'{more}; replace or remove it')
+
+
+def _classes(dataset, cls) -> Tuple[str, ...]:
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        classes = getattr(cls, 'METAINFO', {}).get('classes', ())
+    return tuple(classes)
+
+
+def _check_coco(dataset, where: str, split: str, cls, full: bool) -> None:
+    root = dataset.get('data_root') or ''
+    ann = _join(root, dataset['ann_file'])
+    try:
+        with open(ann, 'rb') as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f'{where}.ann_file: {ann} is not JSON ({err})') \
+            from None
+    if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list)
+            for k in ('images', 'annotations', 'categories')):
+        raise ValueError(f'{where}.ann_file: {ann} is not COCO-format '
+                         'annotations (a JSON object with "images", '
+                         '"annotations" and "categories" lists)')
+    categories = {c.get('id'): c.get('name') for c in data['categories']
+                  if isinstance(c, dict)}
+    names = set(categories.values())
+    classes = _classes(dataset, cls)
+    if classes and not set(classes) <= names:
+        unknown = [c for c in classes if c not in names]
+        shown = ', '.join(map(str, unknown[:5])) + (
+            f' and {len(unknown) - 5} more' if len(unknown) > 5 else '')
+        ours = ','.join(str(categories[k]) for k in sorted(
+            categories, key=str))
+        raise ValueError(
+            f"{where}: the config's classes {shown} are not categories of "
+            f'{ann} (its categories: {", ".join(sorted(map(str, names)))});'
+            f' set the dataset\'s metainfo to its classes, e.g. '
+            f"--cfg-options {split}_dataloader.dataset.metainfo.classes="
+            f"'[{ours}]' (and the heads' num_classes to match)")
+    stray = sorted({a.get('category_id') for a in data['annotations']
+                    if isinstance(a, dict) and
+                    a.get('category_id') not in categories}, key=str)
+    if stray:
+        count = sum(1 for a in data['annotations'] if isinstance(a, dict)
+                    and a.get('category_id') in stray)
+        raise ValueError(
+            f'{where}: {count} annotation(s) in {ann} have category_id '
+            f'{", ".join(map(str, stray[:5]))}, which is not among its '
+            f'categories ({", ".join(map(str, sorted(categories, key=str)))})'
+            '; mmdet would drop them without a word: fix the file')
+    prefix = dataset.get('data_prefix') or {}
+    img_dir = _join(root, prefix.get('img', '') if isinstance(
+        prefix, dict) else prefix)
+    files = [osp.join(img_dir, str(img.get('file_name', '')))
+             for img in data['images'] if isinstance(img, dict)]
+    _first_missing(files, full, where)
+
+
+def _check_list(dataset, where: str, full: bool) -> None:
+    """mmpretrain's annotation list: one 'relative/path label' a line."""
+    root = dataset.get('data_root') or ''
+    ann = _join(root, dataset['ann_file'])
+    if not osp.isfile(ann) or ann.endswith('.json'):
+        return  # a folder or OpenMMLab's JSON format: the dataset checks it
+    prefix = dataset.get('data_prefix') or ''
+    img_dir = _join(root, prefix.get('img_path', '') if isinstance(
+        prefix, dict) else prefix)
+    with open(ann) as f:
+        files = [osp.join(img_dir, line.rsplit(maxsplit=1)[0])
+                 for line in f if line.strip()]
+    _first_missing(files, full, where)
+
+
+def check_label_maps(dataset, where: str, cls=None,
+                     full: bool = False) -> None:
+    """Every image has a label map of its size, stored as single-channel
+    8-bit class indices. Only file headers are read (``full``: every
+    image and label map is decoded too)."""
+    root = dataset.get('data_root') or ''
+    prefix = dataset['data_prefix']
+    img_dir = _join(root, prefix.get('img_path', ''))
+    seg_dir = _join(root, prefix['seg_map_path'])
+    defaults = _defaults(cls)
+    img_suffix = dataset.get('img_suffix',
+                             defaults.get('img_suffix', '.jpg'))
+    seg_suffix = dataset.get('seg_map_suffix',
+                             defaults.get('seg_map_suffix', '.png'))
+    for name in sorted(os.listdir(img_dir)):
+        if not name.endswith(img_suffix):
+            continue
+        stem = name[:-len(img_suffix)]
+        label_path = osp.join(seg_dir, stem + seg_suffix)
+        if not osp.isfile(label_path):
+            raise FileNotFoundError(
+                f'{where}: image {name} has no label map {label_path}')
+        image_path = osp.join(img_dir, name)
+        with Image.open(image_path) as img, Image.open(label_path) as label:
+            if label.mode not in ('L', 'P'):
+                raise ValueError(
+                    f'{where}: label map {label_path} has PIL mode '
+                    f'{label.mode!r}; label maps must be single-channel '
+                    '8-bit PNGs (mode L or P) of class indices, 0 = "other"'
+                    ' (ignored with reduce_zero_label)')
+            if label.size != img.size:
+                raise ValueError(
+                    f'{where}: label map {label_path} is {label.size[0]}x'
+                    f'{label.size[1]} but its image {name} is '
+                    f'{img.size[0]}x{img.size[1]}; a label map must have '
+                    "its image's size")
+        if full:
+            for path in (image_path, label_path):
+                if not _decodes(path):
+                    raise ValueError(f'{where}: {path} cannot be decoded; '
+                                     'replace or remove it')

@@ -1,0 +1,43 @@
+"""What a user sees first: each tool's --help with examples, and no
+warning at start (setuptools' pkg_resources notice printed twenty lines
+at every start)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tool_utils import ROOT
+
+TOOLS = ['train', 'test', 'deploy', 'convert_checkpoint', 'get_flops',
+         'demo', 'reproduce_tables']
+WITH_EXAMPLES = {'train', 'test', 'deploy', 'convert_checkpoint'}
+
+
+def start(tool, *args):
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    res = subprocess.run([sys.executable, ROOT / 'tools' / f'{tool}.py',
+                          *args], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=300)
+    return res.returncode, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help_is_clean_and_shows_examples(tool):
+    code, out = start(tool, '--help')
+    assert code == 0 and out.startswith('usage: '), out[:2000]
+    assert 'Warning' not in out and 'pkg_resources' not in out, out[:2000]
+    if tool in WITH_EXAMPLES:
+        examples = out.split('examples:\n')[1].splitlines()
+        assert all(line.strip().startswith(('python tools/', 'bash tools/'))
+                   for line in examples if line.strip()), examples
+
+
+def test_a_real_start_prints_only_its_one_line(tmp_path):
+    """Past --help: the package, mmengine and the libraries imported, the
+    config read, then one error line and nothing else."""
+    code, out = start('train', ROOT / 'configs' /
+                      'mask_rcnn_convnext_t_coco.py', '--work-dir', tmp_path)
+    assert code == 2
+    assert out.strip().splitlines() == [out.strip()], out[:3000]
+    assert out.startswith('error: train_dataloader.dataset.data_root: ')

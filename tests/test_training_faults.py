@@ -1,0 +1,177 @@
+"""Training never loses work: real training processes (tools/train.py, a
+classifier config at 64x64, 6 iterations, a checkpoint every 2) are
+SIGKILLed at every instant of a save - from themselves at an exact point
+(``kill_points.py``) and from outside the moment a file appears - then
+resumed with ``--resume``; a full disk stops a run in one line."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from convnext_mm.checkpoints import safe_torch_load
+from convnext_mm.checkpoints.torch_file import is_complete
+from convnext_mm.synthetic import make_image_folder
+from convnext_mm.synthetic.small_configs import dump_config, small_cls_config
+from kill_points import POINTS
+from tool_utils import ROOT, run_tool
+
+MAX_ITERS, INTERVAL = 6, 2
+ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('fault_folders'))
+
+
+def config(folders, work, max_keep=None):
+    cfg = small_cls_config('convnext_t_in1k', folders, work,
+                           max_iters=MAX_ITERS, ckpt_interval=INTERVAL)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    if max_keep:
+        cfg.default_hooks.checkpoint.max_keep_ckpts = max_keep
+    return dump_config(cfg, work, 'cls')
+
+
+def complete(work):
+    return sorted(p.name for p in work.glob('iter_*.pth') if is_complete(p))
+
+
+def resumed(cfg, work, start):
+    """Resume; check it started at ``start`` and ended whole at the end."""
+    _, out = run_tool('train.py', cfg, '--resume')
+    if start:
+        assert f'resumed epoch: 0, iter: {start}' in out, out[-3000:]
+    else:
+        assert 'starting from iteration 0' in out, out[-3000:]
+    final = work / f'iter_{MAX_ITERS}.pth'
+    assert safe_torch_load(final)['meta']['iter'] == MAX_ITERS
+    assert (work / 'last_checkpoint').read_text() == str(final)
+    assert not [p.name for p in work.iterdir() if p.suffix == '.partial']
+    return out
+
+
+# the kill comes at the 2nd save (iter_4); where a resumed run starts
+STARTS = {'before_write': 2, 'mid_write': 2, 'before_rename': 2,
+          'after_rename': 4, 'after_marker': 4}
+CASES = [(1, p) for p in POINTS] + [(None, 'mid_write'),
+                                    (None, 'after_rename')]
+# the quick subset keeps the case mmengine's own hook loses everything in
+QUICK = {(1, 'before_rename')}
+
+
+@pytest.mark.parametrize('max_keep,point', [
+    pytest.param(k, p, marks=() if (k, p) in QUICK else pytest.mark.slow)
+    for k, p in CASES])
+def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
+        folders, tmp_path, max_keep, point):
+    work = tmp_path / 'work'
+    cfg = config(folders, work, max_keep)
+    res = subprocess.run(
+        [sys.executable, ROOT / 'tests' / 'kill_points.py', point, '2',
+         ROOT / 'tools' / 'train.py', cfg], capture_output=True, text=True,
+        cwd=ROOT, env=ENV, timeout=600)
+    assert res.returncode == -signal.SIGKILL, (res.stdout + res.stderr)[-3000:]
+    start = STARTS[point]
+    # what the kill left: never fewer complete checkpoints than needed
+    have = complete(work)
+    assert f'iter_{start}.pth' in have, have
+    if max_keep == 1 and point != 'after_marker':
+        assert 'iter_2.pth' in have  # not removed before its successor
+    marker = (work / 'last_checkpoint').read_text()
+    assert is_complete(marker), marker  # the marker names a whole file
+    out = resumed(cfg, work, start)
+    if point == 'after_rename':
+        assert 'is newer than' in out
+    left = complete(work)
+    assert left == ([f'iter_{MAX_ITERS}.pth'] if max_keep else
+                    ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']), left
+
+
+@pytest.mark.slow
+def test_killed_from_outside_the_moment_a_checkpoint_appears(
+        folders, tmp_path):
+    """The issue's case: SIGKILL when iter_4's file appears (with
+    max_keep_ckpts=1, mmengine's hook has deleted iter_2 by then)."""
+    work = tmp_path / 'work'
+    cfg = config(folders, work, max_keep=1)
+    proc = subprocess.Popen(
+        [sys.executable, ROOT / 'tools' / 'train.py', cfg],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env=ENV)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(p.name.startswith('iter_4.pth') for p in work.glob('*')):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    have = complete(work)
+    assert have in (['iter_2.pth'], ['iter_2.pth', 'iter_4.pth'],
+                    ['iter_4.pth']), have
+    resumed(cfg, work, 4 if 'iter_4.pth' in have else 2)
+
+
+@pytest.mark.slow
+def test_resume_falls_back_past_a_truncated_checkpoint(folders, tmp_path):
+    """A truncated file under a final name (written by another hook, or
+    cut by the file system): --resume names it and takes the one before."""
+    work = tmp_path / 'work'
+    cfg = config(folders, work)
+    subprocess.run(
+        [sys.executable, ROOT / 'tests' / 'kill_points.py', 'after_marker',
+         '2', ROOT / 'tools' / 'train.py', cfg], cwd=ROOT, env=ENV,
+        capture_output=True, timeout=600)
+    newest = work / 'iter_4.pth'
+    with open(newest, 'r+b') as f:
+        f.truncate(newest.stat().st_size // 2)
+    out = resumed(cfg, work, 2)
+    assert (f'--resume: {newest} (named by last_checkpoint) is not complete '
+            f'(its save was cut off); resuming from {work / "iter_2.pth"}, '
+            'the newest complete checkpoint') in out
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(folders, tmp_path):
+    work = tmp_path / 'work'
+    cfg = config(folders, work)
+    resumed(cfg, work, None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('unshare'),
+                    reason='a small full disk needs a private tmpfs (root)')
+def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_file(
+        folders, tmp_path):
+    """The work dir on an 80 MiB tmpfs: iter_2 (54 MB with the optimizer
+    state) fits, iter_4 beside it does not."""
+    work = tmp_path / 'work'
+    work.mkdir()
+    cfg = config(folders, work)
+    # the tmpfs lives in a private mount namespace: look inside it there
+    script = (f'mount -t tmpfs -o size=80m tmpfs {work} || exit 99; '
+              f'{sys.executable} {ROOT / "tools" / "train.py"} {cfg}; '
+              f'echo "rc=$?"; ls -a {work}')
+    res = subprocess.run(['unshare', '-m', 'sh', '-c', script],
+                         capture_output=True, text=True, cwd=ROOT, env=ENV,
+                         timeout=600)
+    if res.returncode == 99:
+        pytest.skip(f'a tmpfs cannot be mounted here: {res.stderr}')
+    out = res.stdout + res.stderr
+    assert 'rc=2' in res.stdout, out[-3000:]
+    errors = [line for line in res.stderr.splitlines()
+              if line.startswith('error:')]
+    assert errors == [
+        f'error: writing {work}/iter_4.pth failed: No space left on device; '
+        'its partial file was removed (free space and run again)'], out[-3000:]
+    assert 'Traceback' not in out
+    listing = res.stdout.split('rc=2')[1].split()
+    assert 'iter_2.pth' in listing and 'iter_4.pth' not in listing
+    assert not [n for n in listing if n.endswith('.partial')], listing

@@ -1,0 +1,73 @@
+"""A checkpoint of another task (a UperNet's through a Mask R-CNN config and
+the reverse) is refused in one line by tools/test.py, tools/deploy.py and
+the Inferencer helper, naming the parts it leaves without weights, unless
+``--allow-partial``/``allow_partial=True`` says it is intended."""
+import numpy as np
+import pytest
+
+from convnext_mm.inference import inferencer
+from tool_utils import metric, needs_mmdeploy, run_tool
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def models(trained_mask_rcnn, trained_upernet):
+    det_cfg, det_work, _ = trained_mask_rcnn
+    seg_cfg, seg_work, _ = trained_upernet
+    return dict(det=(det_cfg, det_work / 'iter_16.pth'),
+                seg=(seg_cfg, seg_work / 'iter_20.pth'))
+
+
+def refusal(tool, cfg, ckpt, *more):
+    code, out = run_tool(tool, cfg, ckpt, *more, check=False)
+    lines = out.strip().splitlines()
+    assert code == 2 and lines[-1].startswith('error: '), out[-3000:]
+    assert 'passed' not in out and 'Traceback' not in out
+    return lines[-1]
+
+
+def test_test_tool_refuses_another_tasks_checkpoint(models):
+    det_cfg, det_ckpt = models['det']
+    seg_cfg, seg_ckpt = models['seg']
+    line = refusal('test.py', det_cfg, seg_ckpt)
+    assert line.startswith(
+        f'error: {seg_ckpt} has no weights for neck (')
+    assert 'rpn_head (' in line and 'roi_head (' in line
+    assert '(it has decode_head (' in line and 'auxiliary_head (' in line
+    assert line.endswith('or pass --allow-partial to run with those parts '
+                         'at their initial weights')
+    line = refusal('test.py', seg_cfg, det_ckpt)
+    assert 'has no weights for decode_head (' in line and \
+        '(it has neck (' in line
+    # intended: the user says so, and gets the (meaningless) numbers
+    _, out = run_tool('test.py', seg_cfg, det_ckpt, '--allow-partial')
+    assert 0. <= metric(out, 'mIoU') <= 100.
+
+
+@needs_mmdeploy
+def test_deploy_refuses_another_tasks_checkpoint(models, tmp_path):
+    det_cfg, _ = models['det']
+    _, seg_ckpt = models['seg']
+    line = refusal('deploy.py', det_cfg, seg_ckpt, '--out', tmp_path / 'x')
+    assert 'has no weights for neck (' in line and '--allow-partial' in line
+    assert not (tmp_path / 'x').exists()
+
+
+def test_inferencer_helper(models, coco):
+    det_cfg, det_ckpt = models['det']
+    seg_cfg, seg_ckpt = models['seg']
+    with pytest.raises(ValueError, match='has no weights for neck'):
+        inferencer(str(det_cfg), str(seg_ckpt), device='cpu')
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3),
+                                              dtype=np.uint8)
+    det = inferencer(str(det_cfg), str(det_ckpt), device='cpu',
+                     show_progress=False)
+    pred = det(image)['predictions'][0]
+    assert set(pred) >= {'labels', 'scores', 'bboxes', 'masks'}
+    seg = inferencer(str(seg_cfg), str(seg_ckpt), device='cpu')
+    labels = seg(image)['predictions']
+    assert labels.shape == (96, 128)
+    partial = inferencer(str(seg_cfg), str(det_ckpt), device='cpu',
+                         allow_partial=True)
+    assert partial(image)['predictions'].shape == (96, 128)

@@ -1,0 +1,14 @@
+"""What every tool does before anything else: put the checkout on the
+import path (the tools run from it, installed or not), and silence the one
+warning every start printed: mmengine (and mmdeploy's backends) import
+``pkg_resources``, which setuptools 80.9 - the release both our torch
+(>= 77) and mmcv's build (< 81) accept - reports as deprecated."""
+import sys
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                        category=UserWarning)
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
