@@ -1,5 +1,6 @@
 """Shared test helpers: reference models with randomised weights."""
 import logging
+import re
 from contextlib import contextmanager
 
 import torch
@@ -67,3 +68,40 @@ def captured_log():
         yield lines
     finally:
         logger.removeHandler(handler)
+
+
+def sparse_fcmae(dense):
+    """Our atto V2 state in the V2 authors' FCMAE pre-training form: the
+    encoder as MinkowskiEngine stores it (kernels (k*k, in, out) or
+    (k*k, C) with x fastest, ``ln``/``linear`` wrappers, (1, C) biases and
+    GRN), beside the decoder, mask token, projection and prediction."""
+    state = {}
+    for key, value in dense.items():
+        if key.startswith('norm'):
+            continue  # the encoder has no stage or final norms
+        sparse_conv = re.fullmatch(r'downsample_layers\.[123]\.1\.weight', key)
+        if sparse_conv:
+            out_c, in_c, k, _ = value.shape
+            value = value.transpose(3, 2).reshape(out_c, in_c, k * k)
+            key, value = key[:-6] + 'kernel', value.permute(2, 1, 0)
+        elif key.endswith('dwconv.weight'):
+            c, _, k, _ = value.shape
+            value = value.transpose(3, 2).reshape(c, k * k).permute(1, 0)
+            key = key[:-6] + 'kernel'
+        elif re.fullmatch(r'downsample_layers\.[123]\.0\.(weight|bias)', key) \
+                or '.norm.' in key:
+            key = key.replace('.0.', '.0.ln.') if key.startswith(
+                'downsample') else key.replace('.norm.', '.norm.ln.')
+        elif '.pwconv' in key:
+            key = re.sub(r'\.(pwconv[12])\.', r'.\1.linear.', key)
+        if key.endswith('dwconv.bias') or re.fullmatch(
+                r'downsample_layers\.[123]\.1\.bias', key):
+            value = value.reshape(1, -1)  # MinkowskiEngine conv biases
+        if '.grn.' in key:
+            value = value.reshape(1, -1)
+        state['encoder.' + key] = value.clone()
+    state.update({'mask_token': torch.zeros(1, 512, 1, 1),
+                  'proj.weight': torch.zeros(512, 320, 1, 1),
+                  'decoder.0.dwconv.weight': torch.zeros(512, 1, 7, 7),
+                  'pred.weight': torch.zeros(3072, 512, 1, 1)})
+    return state

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoints import UnsafeCheckpointError
 from convnext_mm.checkpoints import read_file
-from helpers import captured_log, randomise_, rel_err
+from helpers import captured_log, randomise_, rel_err, sparse_fcmae
 from tool_utils import ROOT, run_tool
 
 X = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
@@ -96,6 +96,33 @@ def test_authors_v2_release(tmp_path):
     torch.save({'model': authors_v2_state(model)}, tmp_path / 'v2.pt')
     net, log = load(tmp_path / 'v2.pt', v2=True)
     assert "classification release" in log
+    assert_outputs(net, fresh_norms(timm_stages(model)))
+
+
+@pytest.mark.parametrize('form', ['timm', 'authors', 'mmpretrain'])
+def test_dense_fcmae_encoders_are_backbone_starts(form, tmp_path):
+    """timm's convnextv2_*.fcmae, the authors' pt_only files and
+    mmpretrain's *_3rdparty-fcmae_in1k: the encoder without head or final
+    norm, which the report calls expected."""
+    model = timm_model('convnextv2_atto')
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith('head.')}
+    if form == 'authors':
+        state = {k: v for k, v in authors_v2_state(model).items()
+                 if not k.startswith(('head.', 'norm.'))}
+    elif form == 'mmpretrain':
+        state = {}
+        for k, v in authors_v2_state(model).items():
+            if k.startswith(('head.', 'norm.')):
+                continue
+            k = k.replace('.dwconv.', '.depthwise_conv.')
+            k = re.sub(r'\.pwconv([12])\.', r'.pointwise_conv\1.', k)
+            state['backbone.' + k] = v.reshape(-1) if '.grn.' in k else v
+    torch.save({'state_dict': state}, tmp_path / 'fcmae.pth')
+    net, log = load(tmp_path / 'fcmae.pth', v2=True)
+    assert 'fresh (not in the checkpoint): norm0 (2), norm1 (2), norm2 (2), ' \
+        'norm3 (2) (expected: the checkpoint has no final norm' in log
+    assert 'left out' not in log
     assert_outputs(net, fresh_norms(timm_stages(model)))
 
 
@@ -212,16 +239,35 @@ def test_transformers_upernet_loads_whole_through_load_from(tmp_path):
     assert rel_err(aux_ours, aux_theirs) < 1e-4
 
 
-def test_fcmae_pretraining_checkpoint_is_named(tmp_path):
-    state = {'encoder.downsample_layers.0.0.weight': torch.zeros(40, 3, 4, 4),
-             'encoder.stages.0.0.dwconv.kernel': torch.zeros(49, 40),
-             'encoder.stages.0.0.pwconv1.linear.weight': torch.zeros(160, 40),
-             'mask_token': torch.zeros(1, 512, 1, 1),
-             'decoder.0.dwconv.weight': torch.zeros(512, 1, 7, 7)}
-    torch.save({'model': state}, tmp_path / 'fcmae.pt')
-    with pytest.raises(ValueError, match='FCMAE pre-training checkpoint.*'
-                       'not a backbone.*fine-tuned V2 checkpoint'):
-        load(tmp_path / 'fcmae.pt', v2=True)
+def test_fcmae_pretraining_checkpoint_converts_to_the_dense_encoder(
+        tmp_path):
+    """The authors' sparse training-form FCMAE checkpoint is a backbone
+    start: the encoder converted as their fine-tuning does, the decoder
+    left out, the stage norms fresh as for every FCMAE encoder."""
+    ref = randomise_(ConvNeXt('atto', use_grn=True,
+                              layer_scale_init_value=0.)).eval()
+    state = sparse_fcmae(ref.state_dict())
+    assert state['encoder.downsample_layers.1.1.kernel'].shape == (4, 40, 80)
+    assert state['encoder.stages.0.0.dwconv.kernel'].shape == (49, 40)
+    assert state['encoder.stages.0.0.grn.gamma'].shape == (1, 160)
+    torch.save({'model': state, 'epoch': 1599}, tmp_path / 'fcmae.pt')
+    net, line = load(tmp_path / 'fcmae.pt', v2=True)
+    assert "FCMAE pre-training checkpoint (sparse encoder" in line
+    assert 'left out (not part of this backbone): mask_token (1), proj ' \
+        '(1), decoder (1), pred (1)' in line
+    assert 'fresh (not in the checkpoint): norm0 (2), norm1 (2), norm2 (2),' \
+        ' norm3 (2) (expected: the checkpoint has no final norm' in line
+    for i in range(4):  # both with fresh (identity) stage norms
+        getattr(ref, f'norm{i}').reset_parameters()
+    with torch.no_grad():
+        expected = ref(X)
+    assert_outputs(net, expected)
+    # a kernel of no square tap count names itself
+    state['encoder.stages.0.0.dwconv.kernel'] = torch.zeros(48, 40)
+    torch.save({'model': state}, tmp_path / 'bad.pt')
+    with pytest.raises(ValueError, match=r'stages.0.0.dwconv.weight: a '
+                       r'sparse kernel of shape \(48, 40\)'):
+        load(tmp_path / 'bad.pt', v2=True)
 
 
 def test_bad_files(tmp_path):
@@ -293,11 +339,12 @@ def test_configs_start_where_the_paper_started(leaf, tmp_path_factory):
     """Our COCO/ADE20K configs, given a classification checkpoint, leave
     norm0..norm3 at ones/zeros as the authors' release did."""
     from mmengine.config import Config
-    path = tmp_path_factory.getbasetemp() / 'cls_atto.pth'
-    if not path.exists():
-        model = timm_model('convnext_atto')
-        torch.save(model.state_dict(), path)
     cfg = Config.fromfile(str(ROOT / 'configs' / f'{leaf}.py'))
+    timm_name = 'convnextv2_atto' if cfg.model.backbone.get('use_grn') \
+        else 'convnext_atto'
+    path = tmp_path_factory.getbasetemp() / f'cls_{timm_name}.pth'
+    if not path.exists():
+        torch.save(timm_model(timm_name).state_dict(), path)
     backbone = dict(cfg.model.backbone)
     assert backbone['init_cfg']['checkpoint'].startswith(
         'https://dl.fbaipublicfiles.com/convnext/')

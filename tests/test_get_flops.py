@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from convnext_mm.analysis.paper import ADE20K, COCO, IMAGENET
+from convnext_mm.analysis.paper import (ADE20K, ADE20K_V2, COCO, COCO_V2,
+                                        IMAGENET)
 from tool_utils import ROOT, run_tool
 
 
@@ -33,7 +34,8 @@ def test_readme_tables_are_the_tools_output():
     assert code == 0, out[-3000:]
     assert 'up to date' in out
     rows = readme_rows((ROOT / 'README.md').read_text())
-    # Table 3 (COCO, 7 rows), Table 4 (ADE20K, 6), Table 1 (ImageNet, 7)
+    # Table 3 (COCO, 7 rows), Table 4 (ADE20K, 6), Table 1 (ImageNet, 7),
+    # V2's Tables 6 (3) and 7 (4)
     for table in (COCO, ADE20K):
         for name, paper in table.items():
             _, params, p_params, gflops, p_flops = rows[name]
@@ -41,6 +43,18 @@ def test_readme_tables_are_the_tools_output():
             assert float(p_flops) == paper['flops']
             assert params == pytest.approx(paper['params'], abs=1.0)
             assert gflops == pytest.approx(paper['flops'], rel=0.002), name
+    # ConvNeXt V2's Tables 6 (no params) and 7: within 0.2% (the issue
+    # asked for 2%)
+    for table in (COCO_V2, ADE20K_V2):
+        for name, paper in table.items():
+            _, params, p_params, gflops, p_flops = rows[name]
+            assert float(p_flops) == paper['flops']
+            assert gflops == pytest.approx(paper['flops'], rel=0.002), name
+            if paper['params'] is None:
+                assert p_params == '-'
+            else:
+                assert params == pytest.approx(paper['params'], abs=1.0)
+    assert rows['upernet_convnextv2_h_in22k_ade20k_640'][0] == '2560x640'
     assert rows['upernet_convnext_t_ade20k'][:2] == ('2048x512', 60.2)
     assert rows['upernet_convnext_xl_in22k_ade20k_640'][0] == '2560x640'
     # the convention matters: masks on the first 100 proposals only

@@ -146,8 +146,12 @@ def test_log_has_one_line_per_group():
 
 @pytest.mark.parametrize('cfg,message', [
     (dict(decay_type='layer_wise'), 'needs paramwise_cfg.decay_rate'),
-    (dict(decay_rate=0.9, decay_type='block_wise'),
-     "decay_type='block_wise'; valid: layer_wise, stage_wise"),
+    (dict(decay_rate=0.9, decay_type='group_wise'),
+     "decay_type='group_wise'; valid: layer_wise, stage_wise, block_wise"),
+    (dict(decay_rate=0.9, decay_type='block_wise', num_layers=12),
+     r'num_layers=12 is too small.*num_layers >= 18'),
+    (dict(decay_rate=0.9, grn_weight_decay='yes'),
+     r"grn_weight_decay='yes': True or False"),
     (dict(decay_rate=-0.7), r'decay_rate=-0.7: it must be a number in'),
     (dict(decay_rate=0.), r'decay_rate=0.0: it must be a number in'),
     (dict(decay_rate=1.5), r'decay_rate=1.5: it must be a number in'),
@@ -183,3 +187,66 @@ def test_non_convnext_backbone_names_the_constructor_to_use():
     with pytest.raises(ValueError, match='VisionTransformer.*'
                        'LearningRateDecayOptimWrapperConstructor'):
         lr_and_wd(vit, 'ConvNeXtLRDecayConstructor', dict(decay_rate=0.9))
+
+
+def mask_rcnn_v2(arch, mmpretrain_backbone=False):
+    """mmdet's Mask R-CNN on a ConvNeXt V2 backbone: ours, or mmpretrain's
+    as mmdet's ConvNeXt-V2 project config builds it."""
+    init_default_scope('mmdet')
+    import mmpretrain.models  # noqa: F401  (registers mmpretrain.ConvNeXt)
+    from mmdet.registry import MODELS
+    cfg = get_config('mmdet::_base_/models/mask-rcnn_r50_fpn.py')
+    cfg.model.backbone = dict(
+        type='mmpretrain.ConvNeXt' if mmpretrain_backbone else 'ConvNeXt',
+        arch=arch, use_grn=True, layer_scale_init_value=0.)
+    if mmpretrain_backbone:
+        cfg.model.backbone.update(out_indices=[0, 1, 2, 3],
+                                  gap_before_final_norm=False)
+    cfg.model.neck.in_channels = list(ARCH_SETTINGS[arch]['channels'])
+    return MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize('mmpretrain_backbone', [False, True])
+def test_v2_groups_match_mmdets_constructor(mmpretrain_backbone):
+    """mmdet's ConvNeXt-V2 recipe (layer_wise, 0.95, 12 layers: the V2
+    paper's group-wise decay) on a depth-27 V2 model: every parameter's lr
+    and weight decay as mmdet's constructor gives them; GRN undecayed, and
+    decayed with grn_weight_decay=True."""
+    model = mask_rcnn_v2('small', mmpretrain_backbone)
+    cfg = dict(decay_rate=0.95, decay_type='layer_wise', num_layers=12)
+    ref, _ = lr_and_wd(model, 'LearningRateDecayOptimizerConstructor', cfg)
+    ours, _ = lr_and_wd(model, 'ConvNeXtLRDecayConstructor', cfg)
+    assert set(ours) == set(ref)
+    for name in ref:
+        assert ours[name] == pytest.approx(ref[name], rel=1e-12), name
+    grn = [n for n in ours if '.grn.' in n]
+    assert len(grn) == 2 * 36 and all(ours[n][1] == 0. for n in grn)
+    assert len({lr for lr, _ in ours.values()}) == 14  # 0..12 and heads
+    decayed, _ = lr_and_wd(model, 'ConvNeXtLRDecayConstructor',
+                           dict(cfg, grn_weight_decay=True))
+    for name in ours:
+        wd = 0.05 if name in grn else ours[name][1]
+        assert decayed[name] == (ours[name][0], wd), name
+
+
+def test_block_wise_is_the_v2_authors_single_rule():
+    """Every block its own layer (the V2 authors' default fine-tuning
+    decay): atto's depths (2, 2, 6, 2) give 12 layers."""
+    model = mask_rcnn_v2('atto')
+    table, _ = lr_and_wd(model, 'ConvNeXtLRDecayConstructor',
+                         dict(decay_rate=0.8, decay_type='block_wise'),
+                         lr=1.)
+    scale = {n: lr for n, (lr, _) in table.items()}
+    expected = {
+        'backbone.downsample_layers.0.0.weight': 0.8**12,  # id 1
+        'backbone.stages.0.0.dwconv.weight': 0.8**12,  # id 1
+        'backbone.stages.0.1.pwconv1.weight': 0.8**11,  # id 2
+        'backbone.downsample_layers.2.1.weight': 0.8**8,  # id 5
+        'backbone.stages.2.3.grn.gamma': 0.8**5,  # id 2 + 2 + 3 + 1
+        'backbone.stages.3.1.pwconv2.weight': 0.8**1,  # id 12
+        'backbone.norm3.weight': 1.,  # not a stage: id 13
+        'neck.fpn_convs.0.conv.weight': 1.,
+    }
+    for name, value in expected.items():
+        assert scale[name] == pytest.approx(value, rel=1e-12), name
+    assert len(set(scale.values())) == 13

@@ -41,7 +41,8 @@ def main(argv=None):
             'name', 'shape', 'params', 'gflops', 'paper'))
         if paper:
             deviation = f'{100 * (gflops / paper["flops"] - 1):+.2f}%'
-            p_params, p_flops = f'{paper["params"]}', f'{paper["flops"]}'
+            p_params, p_flops = f'{paper["params"] or "-"}', \
+                f'{paper["flops"]}'
         else:
             deviation = p_params = p_flops = '-'
         print(f'| {name} | {shape[0]}x{shape[1]} | {params:.1f} | '

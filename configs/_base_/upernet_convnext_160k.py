@@ -50,8 +50,7 @@ auto_scale_lr = dict(enable=True, base_batch_size=16)
 # multi-scale + flip test (tools/test.py --tta) as the paper's mmseg 0.x ran
 # it: ratios of the test scale (mmseg 1.x's dataset base scales the raw image
 # instead), softmax scores averaged by mmseg's SegTTAModel
-def _tta_pipeline(test_scale):
-    ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+def _tta_pipeline(test_scale, ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)):
     return [
         dict(type='LoadImageFromFile', backend_args=None),
         dict(
@@ -75,5 +74,9 @@ def _tta_pipeline(test_scale):
     ]
 
 
+# ConvNeXt V2's (its appendix A.4): 0.75-1.25 of the test scale
+_v2_ratios = (0.75, 0.875, 1.0, 1.125, 1.25)
 tta_pipelines = dict(
-    crop512=_tta_pipeline((2048, 512)), crop640=_tta_pipeline((2560, 640)))
+    crop512=_tta_pipeline((2048, 512)), crop640=_tta_pipeline((2560, 640)),
+    v2_crop512=_tta_pipeline((2048, 512), _v2_ratios),
+    v2_crop640=_tta_pipeline((2560, 640), _v2_ratios))

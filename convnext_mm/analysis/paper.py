@@ -1,4 +1,5 @@
-"""The paper's numbers, keyed by the name of our config that reproduces them.
+"""The papers' numbers, keyed by the name of our config that reproduces them
+(ConvNeXt's Tables 1, 3, 4; ConvNeXt V2's Tables 6, 7).
 
 Each entry: params (M), FLOPs (G) at the paper's input size, and for COCO the
 FPS on one A100 (Table 3), box AP and mask AP; for ADE20K single- and
@@ -48,6 +49,29 @@ IMAGENET = {  # Table 1, by arch and input size
 }
 
 
+# ConvNeXt V2 (Woo et al., CVPR 2023), the FCMAE rows of its dense tasks
+COCO_V2 = {  # Table 6, Mask R-CNN: FLOPs at 1280x800; no params reported
+    'mask_rcnn_convnextv2_b_fcmae_coco':
+    dict(params=None, flops=486, box_ap=52.9, mask_ap=46.6),
+    'mask_rcnn_convnextv2_l_fcmae_coco':
+    dict(params=None, flops=875, box_ap=54.4, mask_ap=47.7),
+    'mask_rcnn_convnextv2_h_fcmae_coco':
+    dict(params=None, flops=2525, box_ap=55.7, mask_ap=48.9),
+}
+
+ADE20K_V2 = {  # Table 7, UperNet: FLOPs at 2048x512 or 2560x640
+    'upernet_convnextv2_b_ade20k': dict(params=122, flops=1170, miou=52.1),
+    'upernet_convnextv2_l_ade20k': dict(params=235, flops=1573, miou=53.7),
+    'upernet_convnextv2_h_ade20k': dict(params=707, flops=3272, miou=55.0),
+    'upernet_convnextv2_h_in22k_ade20k_640':
+    dict(params=707, flops=5113, miou=57.0),
+}
+
+
 def paper_entry(config_name: str):
-    """The paper's row for one of our COCO / ADE20K configs, or None."""
-    return COCO.get(config_name) or ADE20K.get(config_name)
+    """The paper's row for one of our COCO / ADE20K configs (V1 or V2), or
+    None."""
+    for table in (COCO, ADE20K, COCO_V2, ADE20K_V2):
+        if config_name in table:
+            return table[config_name]
+    return None

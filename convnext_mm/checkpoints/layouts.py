@@ -10,6 +10,7 @@ pooled vectors) keeps the authors' name ``norm.weight``/``norm.bias``:
 whether it goes into the dense model's ``norm3`` is the loader's decision
 (:mod:`.pretrained`), not the layout's.
 """
+import math
 import re
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
@@ -32,16 +33,10 @@ LAYOUT_DESCRIPTIONS = {
     'timm': 'timm',
     'torchvision': 'torchvision',
     'transformers': 'Hugging Face transformers (ConvNext / ConvNextV2)',
+    'authors_fcmae': "the ConvNeXt V2 authors' FCMAE pre-training "
+    'checkpoint (sparse encoder, converted to the dense layout as their '
+    'fine-tuning does)',
 }
-
-_FCMAE = (
-    "a ConvNeXt V2 FCMAE pre-training checkpoint (the masked autoencoder's "
-    'sparse-convolution encoder, with its decoder): it is where ImageNet '
-    'fine-tuning starts, not a backbone for detection or segmentation. Use a '
-    "fine-tuned V2 checkpoint instead: the authors' "
-    'convnextv2_<size>_1k_224_ema.pt (or _22k_..._ema.pt), timm\'s '
-    'convnextv2_<size>.fcmae_ft_in1k or Hugging Face\'s '
-    'facebook/convnextv2-<size>-1k-224')
 
 
 def unwrap(checkpoint) -> StateDict:
@@ -89,8 +84,8 @@ def detect_layout(state: StateDict) -> str:
     def has(pattern):
         return any(re.search(pattern, k) for k in keys)
 
-    if has(r'(^|\.)dwconv\.kernel$') or has(r'(^|\.)mask_token$'):
-        raise ValueError(_FCMAE)
+    if has(r'(^|\.)dwconv\.kernel$'):
+        return 'authors_fcmae'
     if has(r'(^|\.)embeddings\.patch_embeddings\.weight$'):
         return 'transformers'
     if has(r'(^|\.)features\.0\.0\.weight$'):
@@ -120,6 +115,47 @@ def convert_authors(state: StateDict) -> Converted:
     state, dropped = split_prefix(state, 'backbone.')
     state, more = apply_rules(state, [(_BACKBONE_KEY, r'\g<0>')])
     return grn_and_scale_shapes(state), dropped + more
+
+
+def _dense_kernel(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A MinkowskiEngine kernel as a dense conv weight: (taps, in, out) ->
+    (out, in, k, k), depthwise (taps, C) -> (C, 1, k, k); taps run over the
+    kernel with x fastest, hence the final transpose."""
+    size = math.isqrt(value.shape[0]) if value.ndim in (2, 3) else 0
+    if not size or size * size != value.shape[0]:
+        raise ValueError(f'{key}: a sparse kernel of shape '
+                         f'{tuple(value.shape)} is not (k*k, in, out) or '
+                         '(k*k, channels)')
+    if value.ndim == 3:
+        taps, fan_in, fan_out = value.shape
+        return value.permute(2, 1, 0).reshape(fan_out, fan_in, size,
+                                              size).transpose(3, 2)
+    return value.permute(1, 0).reshape(value.shape[1], 1, size,
+                                       size).transpose(3, 2)
+
+
+def convert_fcmae(state: StateDict) -> Converted:
+    """The V2 authors' FCMAE pre-training checkpoint: its ``encoder.``
+    (MinkowskiEngine layers: ``kernel``s, ``ln``/``linear`` wrappers,
+    (1, C) biases and GRN) to the dense layout, as their fine-tuning's
+    ``remap_checkpoint_keys`` does; ``decoder``, ``mask_token``, ``proj``
+    and ``pred`` are not backbone."""
+    encoder, dropped = split_prefix(state, 'encoder.')
+    dense = OrderedDict()
+    for key, value in encoder.items():
+        if key.endswith('.kernel'):
+            key = key[:-len('kernel')] + 'weight'
+            value = _dense_kernel(key, value)
+        else:
+            parts = key.split('.')
+            if len(parts) > 2 and parts[-2] in ('ln', 'linear'):
+                del parts[-2]
+            key = '.'.join(parts)
+            if key.endswith('.bias') and value.ndim != 1:
+                value = value.reshape(-1)
+        dense[key] = value
+    converted, more = convert_authors(dense)
+    return converted, dropped + more
 
 
 def convert_mmpretrain(state: StateDict) -> Converted:
@@ -198,6 +234,7 @@ def _name_classifier_norm(state: StateDict) -> StateDict:
 CONVERTERS: Dict[str, Callable[[StateDict], Converted]] = {
     'authors_cls': convert_authors,
     'authors_dense': convert_authors,
+    'authors_fcmae': convert_fcmae,
     'mmpretrain': convert_mmpretrain,
     'timm': convert_timm,
     'torchvision': convert_torchvision,

@@ -191,6 +191,10 @@ def _place_final_norm(backbone, state, final_norm: str) -> str:
     """Copy or leave out a classifier's final norm (``norm.*``); return the
     note for the report, if any."""
     if 'norm.weight' not in state:
+        if not any(k.startswith('norm') for k in state):
+            return (' (expected: the checkpoint has no final norm, as ConvNeXt'
+                    " V2's FCMAE encoders are released - the authors' "
+                    "pt_only files, timm's .fcmae, mmpretrain's fcmae_in1k)")
         return ''
     last = f'norm{backbone.num_stages - 1}'
     if not hasattr(backbone, last):

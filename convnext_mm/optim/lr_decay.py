@@ -12,8 +12,24 @@ The name differs from mmdet's and mmseg's
 ``LearningRateDecayOptimizerConstructor`` so that both can live in one
 process. A parameter group's learning rate is
 ``lr * decay_rate ** (num_layers + 2 - layer_id - 1)``; frozen parameters
-are skipped; 1-d parameters and biases get no weight decay.
+are skipped; 1-d parameters, biases and ConvNeXt V2's GRN gamma/beta get no
+weight decay.
+
+Three rules give the layer ids (:data:`RULES`): ``layer_wise`` (the V1
+detection/segmentation release and mmdet's ConvNeXt V2 config: a depth-27
+third stage in groups of three blocks, 12 layers - the V2 paper's
+"group-wise"), ``stage_wise`` (the V1 segmentation release) and
+``block_wise`` (the V2 authors' default "single": every block its own
+layer, ``num_layers = sum(depths)``).
+
+GRN gamma/beta: the V2 authors' fine-tuning exempts them from weight decay
+(their ``.gamma``/``.beta`` rule; their issue #15 advises it), and mmdet's
+constructor does too on mmpretrain's (C,)-shaped GRN (it exempts 1-d
+parameters). ``grn_weight_decay=True`` decays them instead, as mmdet's
+constructor does on the authors' (1, 1, 1, C) shape.
 """
+import re
+from functools import partial
 from typing import List
 
 import torch.nn as nn
@@ -24,7 +40,7 @@ from mmengine.registry import \
 
 from ..registry import OPTIM_WRAPPER_CONSTRUCTORS, register_everywhere
 
-DECAY_TYPES = ('layer_wise', 'stage_wise')
+DECAY_TYPES = ('layer_wise', 'stage_wise', 'block_wise')
 
 
 def layer_wise_id(name: str, num_layers: int) -> int:
@@ -58,6 +74,25 @@ def stage_wise_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
+def block_wise_id(name: str, num_layers: int, depths) -> int:
+    """Layer id under the V2 authors' ``single`` rule: downsampling layer
+    ``i`` is ``sum(depths[:i]) + 1``, block ``j`` of stage ``i`` is
+    ``sum(depths[:i]) + j + 1``, everything else ``num_layers + 1``."""
+    parts = name.split('.')
+    if parts[0] == 'backbone' and len(parts) >= 4:
+        stage = int(parts[2]) if parts[2].isdigit() else None
+        if parts[1] == 'downsample_layers' and stage is not None:
+            return sum(depths[:stage]) + 1
+        if parts[1] == 'stages' and stage is not None and parts[3].isdigit():
+            return sum(depths[:stage]) + int(parts[3]) + 1
+    return num_layers + 1
+
+
+def is_grn(name: str) -> bool:
+    """A ConvNeXt V2 GRN gamma/beta (ours, mmpretrain's, the authors')."""
+    return bool(re.search(r'\.grn\.(gamma|beta|weight|bias)$', name))
+
+
 def convnext_backbone(model: nn.Module) -> nn.Module:
     """The model's ConvNeXt backbone (ours or mmpretrain's), or a ValueError
     naming the constructor to use instead."""
@@ -82,6 +117,8 @@ def min_num_layers(depths, decay_type: str) -> int:
     (layer_wise; 6 for ConvNeXt-T, 12 for depth 27) or 4 (stage_wise)."""
     if decay_type == 'stage_wise':
         return len(depths)
+    if decay_type == 'block_wise':
+        return sum(depths)
     return 3 + (depths[2] - 1) // 3 + 1
 
 
@@ -122,6 +159,11 @@ def check_paramwise_cfg(cfg: dict, model: nn.Module) -> tuple:
             f'its deepest layer id needs num_layers >= {least} (the '
             'released configs use 6 for ConvNeXt-T, 12 for S/B/L/XL), or '
             'some backbone groups would get a larger lr than the head')
+    grn_decay = cfg.get('grn_weight_decay', False)
+    if not isinstance(grn_decay, bool):
+        raise ValueError(f'paramwise_cfg.grn_weight_decay={grn_decay!r}: '
+                         'True or False (default False: no weight decay on '
+                         "GRN gamma/beta, the V2 authors' fine-tuning)")
     return float(decay_rate), decay_type, num_layers
 
 
@@ -132,24 +174,31 @@ class ConvNeXtLRDecayConstructor(DefaultOptimWrapperConstructor):
     """Optimizer wrapper constructor with ConvNeXt LR decay.
 
     ``paramwise_cfg`` keys: ``decay_rate`` (required), ``decay_type``
-    ('layer_wise' or 'stage_wise', default 'layer_wise') and ``num_layers``
-    (6 or 12 in the released configs; read off the backbone's depths when
-    omitted). Parameter names are expected under ``backbone.``, as in mmdet
-    detectors, mmseg segmentors and mmpretrain classifiers.
+    ('layer_wise', 'stage_wise' or 'block_wise', default 'layer_wise'),
+    ``num_layers`` (6 or 12 in the released configs, ``sum(depths)`` for
+    block_wise; read off the backbone's depths when omitted) and
+    ``grn_weight_decay`` (default False). Parameter names are expected
+    under ``backbone.``, as in mmdet detectors, mmseg segmentors and
+    mmpretrain classifiers.
     """
 
     def add_params(self, params: List[dict], module: nn.Module,
                    **kwargs) -> None:
         decay_rate, decay_type, num_layers = check_paramwise_cfg(
             self.paramwise_cfg, module)
-        id_of = layer_wise_id if decay_type == 'layer_wise' else stage_wise_id
+        depths = convnext_backbone(module).depths
+        id_of = dict(layer_wise=layer_wise_id, stage_wise=stage_wise_id,
+                     block_wise=partial(block_wise_id,
+                                        depths=depths))[decay_type]
+        grn_decay = self.paramwise_cfg.get('grn_weight_decay', False)
         total = num_layers + 2
 
         groups = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            decays = param.ndim > 1 and not name.endswith('.bias')
+            decays = (param.ndim > 1 and not name.endswith('.bias')
+                      and not is_grn(name)) or (grn_decay and is_grn(name))
             layer_id = id_of(name, num_layers)
             kind = 'decay' if decays else 'no_decay'
             group_name = f'layer_{layer_id}_{kind}'
