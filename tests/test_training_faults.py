@@ -175,3 +175,24 @@ def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_file(
     listing = res.stdout.split('rc=2')[1].split()
     assert 'iter_2.pth' in listing and 'iter_4.pth' not in listing
     assert not [n for n in listing if n.endswith('.partial')], listing
+
+
+@pytest.mark.slow
+def test_best_checkpoints_are_replaced_only_when_the_new_one_is_whole(
+        folders, tmp_path):
+    """save_best with max_keep_ckpts: the best checkpoint is written by
+    the same hook (removals of the previous best wait for the new one), and
+    one whole best file, one whole periodic file and no temporary file are
+    left."""
+    work = tmp_path / 'work'
+    cfg = small_cls_config('convnext_t_in1k', folders, work,
+                           max_iters=MAX_ITERS, ckpt_interval=INTERVAL)
+    cfg.train_cfg.val_interval = INTERVAL
+    cfg.default_hooks.checkpoint.update(save_best='accuracy/top1',
+                                        rule='greater', max_keep_ckpts=1)
+    path = dump_config(cfg, work, 'cls')
+    run_tool('train.py', path)
+    best = sorted(p.name for p in work.glob('best_*.pth'))
+    assert len(best) == 1 and is_complete(work / best[0]), best
+    assert not list(work.glob('*.partial'))
+    assert complete(work) == [f'iter_{MAX_ITERS}.pth']
