@@ -12,7 +12,6 @@ PACKAGE = ROOT / 'convnext_mm'
 # dependency (mmdeploy, mmdet) from loading with the package
 OPTIONAL = {
     ('convnext_mm.deploy.export', 'convnext_mm.deploy.rewriters'),
-    ('convnext_mm.deploy.command', 'convnext_mm.deploy.export'),
     ('convnext_mm.tta', 'convnext_mm.tta.instance_seg'),
 }
 

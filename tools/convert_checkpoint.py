@@ -23,12 +23,11 @@ SRC is read as untrusted input (see convnext_mm.checkpoints.safe_load) and
 its weights are checked (no NaN/Inf, integer or meta tensors) before DST is
 written; DST appears only when complete.
 """
-import argparse
 from pathlib import Path
 
 import torch
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 from convnext_mm.arch import find_arch  # noqa: E402
 from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
@@ -76,13 +75,10 @@ def convert(src: str, dst: Path, force: bool = False,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='examples:\n'
-        '  python tools/convert_checkpoint.py convnext_tiny_1k_224.pth '
-        'convnext_t.safetensors\n'
-        '  python tools/convert_checkpoint.py ./convnext-tiny-224/ '
+    parser = _tool.parser(
+        __doc__, 'python tools/convert_checkpoint.py convnext_tiny_1k_224.pth '
+        'convnext_t.safetensors',
+        'python tools/convert_checkpoint.py ./convnext-tiny-224/ '
         'convnext_t_from_hf.pth   # a transformers folder')
     parser.add_argument('src', help='checkpoint file, Hugging Face folder or '
                         'http(s) URL')

@@ -14,22 +14,18 @@ fails, 2 on bad input (before any work: a soft-NMS test, say, is refused)
 and 3 when the export or its verification breaks down; the two files
 appear in DIR only together, when the report is complete.
 """
-import argparse
 import sys
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 from mmengine.config import DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='examples:\n'
-        '  python tools/deploy.py configs/mask_rcnn_convnext_t_coco.py '
-        'epoch_36.pth --out onnx/mask_rcnn_t --image demo.jpg\n'
-        '  python tools/deploy.py configs/upernet_convnext_t_ade20k.py '
+    parser = _tool.parser(
+        __doc__, 'python tools/deploy.py configs/mask_rcnn_convnext_t_coco.py '
+        'epoch_36.pth --out onnx/mask_rcnn_t --image demo.jpg',
+        'python tools/deploy.py configs/upernet_convnext_t_ade20k.py '
         'iter_160000.pth --out onnx/upernet_t --dynamic --cfg-options '
         'model.test_cfg.mode=whole')
     parser.add_argument('config', help='a COCO (Mask R-CNN, Cascade Mask '

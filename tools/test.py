@@ -9,22 +9,18 @@ multi-scale + flip, for semantic segmentation (mmseg's merge of softmax
 scores), classification, and instance segmentation (convnext_mm's
 ``InstanceSegTTAModel``: mmdet 3.3 refuses masks in its own).
 """
-import argparse
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 from convnext_mm import launch  # noqa: E402
 from convnext_mm.errors import checkpoint_errors  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='examples:\n'
-        '  python tools/test.py configs/mask_rcnn_convnext_t_coco.py '
-        'work_dirs/mask_rcnn_convnext_t_coco/epoch_36.pth\n'
-        '  python tools/test.py configs/upernet_convnext_t_ade20k.py '
+    parser = _tool.parser(
+        __doc__, 'python tools/test.py configs/mask_rcnn_convnext_t_coco.py '
+        'work_dirs/mask_rcnn_convnext_t_coco/epoch_36.pth',
+        'python tools/test.py configs/upernet_convnext_t_ade20k.py '
         'work_dirs/upernet_convnext_t_ade20k/iter_160000.pth --tta')
     launch.add_run_args(parser)
     parser.add_argument('checkpoint', help='checkpoint file or URL')

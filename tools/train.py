@@ -11,24 +11,19 @@ checkpoints are checked before the run starts; bad input ends it with one
 ``error:`` line (exit code 2). Without CUDA, mixed precision and SyncBN are
 switched off (and logged).
 """
-import argparse
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 from convnext_mm import launch  # noqa: E402
 from convnext_mm.errors import checkpoint_errors  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='examples:\n'
-        '  python tools/train.py configs/mask_rcnn_convnext_t_coco.py\n'
-        '  python tools/train.py configs/upernet_convnext_t_ade20k.py '
-        '--resume --cfg-options train_dataloader.dataset.data_root=/data/'
-        'ade/\n'
-        '  bash tools/dist_train.sh configs/cascade_convnext_b_coco.py 8')
+    parser = _tool.parser(
+        __doc__, 'python tools/train.py configs/mask_rcnn_convnext_t_coco.py',
+        'python tools/train.py configs/upernet_convnext_t_ade20k.py --resume '
+        '--cfg-options train_dataloader.dataset.data_root=/data/ade/',
+        'bash tools/dist_train.sh configs/cascade_convnext_b_coco.py 8')
     launch.add_run_args(parser)
     parser.add_argument(
         '--resume',

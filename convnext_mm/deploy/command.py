@@ -1,5 +1,6 @@
 """``tools/deploy.py``: export one of our COCO or ADE20K configs to ONNX,
 verify it in ONNX Runtime against PyTorch, and report."""
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,11 +11,13 @@ from typing import List, Optional
 
 import cv2
 import numpy as np
+import torch
 
 from .. import launch
 from ..errors import user_errors
 from ..synthetic.shapes import draw_scene
 from . import verify
+from .export import Exported, deploy_config, graph_ops, output_names
 from .support import check_export_support
 
 ONNX_FILE = 'end2end.onnx'
@@ -54,7 +57,6 @@ def read_image(path: Optional[str]) -> np.ndarray:
 
 def check_request(args, cfg) -> None:
     """Everything that can be refused before the model is built."""
-    import importlib.util
     if importlib.util.find_spec('mmdeploy') is None:
         raise ModuleNotFoundError(
             'tools/deploy.py needs mmdeploy 1.3.1, which is not installed: '
@@ -109,7 +111,6 @@ def resize_rule(cfg, shape: Optional[List[int]]) -> dict:
 
 
 def _report(args, exported, opset, ops, rows, times, passed) -> dict:
-    from .export import output_names
     cfg = exported.model_cfg
     pre = cfg.model.data_preprocessor
     shape = list(exported.graph_input.shape)
@@ -164,9 +165,6 @@ def run(args) -> int:
 
 
 def _export_and_verify(args, cfg, image, work: str) -> bool:
-    import torch
-
-    from .export import Exported, deploy_config, graph_ops
     deploy_cfg = deploy_config(cfg, args.dynamic, args.shape)
     exported = Exported(cfg, deploy_cfg, args.checkpoint, image)
     print(f'input: {tuple(exported.graph_input.shape)} (N, C, H, W; '

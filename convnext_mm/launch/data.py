@@ -73,17 +73,21 @@ def check_data(cfg: Config, splits: List[str], mode: str = 'quick') -> None:
         for dataset in _datasets(loader.get('dataset')):
             where = f'{split}_dataloader.dataset'
             _check_paths(dataset, split)
-            prefix = dataset.get('data_prefix') or {}
-            if isinstance(prefix, str):
-                prefix = dict(img_path=prefix)
             ann = dataset.get('ann_file')
             cls = _dataset_class(dataset, scope)
-            if prefix.get('seg_map_path'):
+            if _prefix(dataset).get('seg_map_path'):
                 check_label_maps(dataset, where, cls, mode == 'full')
             elif ann and scope == 'mmdet' and ann.endswith('.json'):
                 _check_coco(dataset, where, split, cls, mode == 'full')
             elif ann and scope == 'mmpretrain':
                 _check_list(dataset, where, mode == 'full')
+
+
+def _prefix(dataset) -> dict:
+    """The dataset's ``data_prefix`` as a dict (a plain string is the
+    image folder, as mmpretrain reads it)."""
+    prefix = dataset.get('data_prefix') or {}
+    return dict(img_path=prefix) if isinstance(prefix, str) else prefix
 
 
 def _join(root: str, path: str) -> str:
@@ -98,10 +102,7 @@ def _check_paths(dataset, split: str) -> None:
     ann = dataset.get('ann_file')
     if ann:
         paths.append(('ann_file', _join(root, ann)))
-    prefix = dataset.get('data_prefix') or {}
-    if isinstance(prefix, str):
-        prefix = dict(img_path=prefix)
-    for key, sub in prefix.items():
+    for key, sub in _prefix(dataset).items():
         if sub:
             paths.append((f'data_prefix.{key}', _join(root, sub)))
     for key, path in paths:

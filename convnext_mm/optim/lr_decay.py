@@ -129,7 +129,8 @@ def default_num_layers(model: nn.Module) -> int:
 
 def check_paramwise_cfg(cfg: dict, model: nn.Module) -> tuple:
     """Validate ``paramwise_cfg`` against ``model``; return ``(decay_rate,
-    decay_type, num_layers)`` or raise a ValueError saying what fits."""
+    decay_type, num_layers, grn_weight_decay)`` or raise a ValueError saying
+    what fits."""
     example = ("e.g. paramwise_cfg=dict(decay_rate=0.7, "
                "decay_type='layer_wise', num_layers=6)")
     if 'decay_rate' not in cfg:
@@ -164,7 +165,7 @@ def check_paramwise_cfg(cfg: dict, model: nn.Module) -> tuple:
         raise ValueError(f'paramwise_cfg.grn_weight_decay={grn_decay!r}: '
                          'True or False (default False: no weight decay on '
                          "GRN gamma/beta, the V2 authors' fine-tuning)")
-    return float(decay_rate), decay_type, num_layers
+    return float(decay_rate), decay_type, num_layers, grn_decay
 
 
 @register_everywhere(OPTIM_WRAPPER_CONSTRUCTORS,
@@ -184,21 +185,20 @@ class ConvNeXtLRDecayConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: List[dict], module: nn.Module,
                    **kwargs) -> None:
-        decay_rate, decay_type, num_layers = check_paramwise_cfg(
+        decay_rate, decay_type, num_layers, grn_decay = check_paramwise_cfg(
             self.paramwise_cfg, module)
         depths = convnext_backbone(module).depths
         id_of = dict(layer_wise=layer_wise_id, stage_wise=stage_wise_id,
                      block_wise=partial(block_wise_id,
                                         depths=depths))[decay_type]
-        grn_decay = self.paramwise_cfg.get('grn_weight_decay', False)
         total = num_layers + 2
 
         groups = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            decays = (param.ndim > 1 and not name.endswith('.bias')
-                      and not is_grn(name)) or (grn_decay and is_grn(name))
+            decays = grn_decay if is_grn(name) else (
+                param.ndim > 1 and not name.endswith('.bias'))
             layer_id = id_of(name, num_layers)
             kind = 'decay' if decays else 'no_decay'
             group_name = f'layer_{layer_id}_{kind}'
