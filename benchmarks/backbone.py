@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput and peak memory of our ConvNeXt against mmpretrain's, in one run.
 
-    python benchmarks/backbone.py                 # the README's table
+    python benchmarks/backbone.py                 # docs/benchmarks.md's table
     python benchmarks/backbone.py --archs tiny --sizes 800x1280 --iters 2
 
 For each arch, input size and precision (float32, bf16 autocast) it times a

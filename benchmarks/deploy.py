@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The README's deployment table: Mask R-CNN T, Cascade Mask R-CNN T and
+"""docs/deployment.md's table: Mask R-CNN T, Cascade Mask R-CNN T and
 UperNet T exported by tools/deploy.py and verified at their test resolution.
 
     python benchmarks/deploy.py [--work DIR] [--iters 40]

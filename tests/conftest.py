@@ -1,16 +1,40 @@
-"""The generated datasets and the trained tiny models that several test
-modules share (end-to-end runs, deployment): made once per session."""
+"""The generated datasets and the trained tiny models the test modules
+share (end-to-end runs, deployment, pre-flight refusals): each dataset is
+generated and each model family trained once per session, in this process
+(tools/train.py's ``main``)."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 
-from convnext_mm.synthetic import make_ade20k, make_coco_instances
-from convnext_mm.synthetic.small_configs import (small_det_config,
+from convnext_mm import ConvNeXt
+from convnext_mm.synthetic import (make_ade20k, make_coco_instances,
+                                   make_image_folder)
+from convnext_mm.synthetic.small_configs import (dump_config,
+                                                 small_cls_config,
+                                                 small_det_config,
                                                  small_seg_config)
-from tool_utils import trained
+from helpers import randomise_, sparse_fcmae
+from tool_utils import run_tool, trained, without_validation
+
+V2_DET, V2_SEG = 'mask_rcnn_convnextv2_b_fcmae_coco', \
+    'upernet_convnextv2_b_ade20k'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def configs_unformatted():
+    """mmengine formats every config it logs or dumps with yapf: seconds per
+    run for a detector's config, twice a run, the suite's largest fixed
+    cost. In this process configs are logged and dumped as mmengine writes
+    them before formatting (the same Python, other line breaks); the tools'
+    real processes (first start, distributed, mim, kills) format them."""
+    with mock.patch('mmengine.config.config.FormatCode',
+                    lambda text, **kwargs: (text, None)):
+        yield
 
 
 @pytest.fixture(scope='session')
@@ -32,10 +56,11 @@ def trained_mask_rcnn(coco, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained_cascade(coco, tmp_path_factory):
-    # 20 iterations: after 10 no detection scores above 0.05 yet
+    # heads 64 wide (three stages of them cost most of an iteration) at a
+    # higher lr: 20 iterations give detections scored above 0.05
     return trained(tmp_path_factory, 'cascade', small_det_config,
                    'cascade_convnext_t_coco', coco, max_iters=20,
-                   ckpt_interval=20)
+                   ckpt_interval=20, width=64, lr=6e-3)
 
 
 @pytest.fixture(scope='session')
@@ -48,6 +73,48 @@ def trained_upernet(ade, tmp_path_factory):
     return trained(tmp_path_factory, 'upernet', small_seg_config,
                    'upernet_convnext_t_ade20k', ade, max_iters=20,
                    ckpt_interval=10)
+
+
+@pytest.fixture(scope='session')
+def folders(tmp_path_factory):
+    """ImageNet-style class folders."""
+    return make_image_folder(tmp_path_factory.mktemp('shapes_folders'))
+
+
+@pytest.fixture(scope='session')
+def trained_classifier(folders, tmp_path_factory):
+    return trained(tmp_path_factory, 'cls', small_cls_config,
+                   'convnext_t_in1k', folders, max_iters=10, ckpt_interval=2)
+
+
+@pytest.fixture(scope='session')
+def fcmae_atto(tmp_path_factory):
+    """An atto FCMAE pre-training checkpoint as the V2 authors save it."""
+    path = tmp_path_factory.mktemp('fcmae') / 'convnextv2_atto_fcmae.pt'
+    dense = randomise_(ConvNeXt('atto', use_grn=True,
+                                layer_scale_init_value=0.)).state_dict()
+    torch.save({'model': sparse_fcmae(dense), 'epoch': 1599}, path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def trained_v2_mask_rcnn(coco, fcmae_atto, tmp_path_factory):
+    """V2 Mask R-CNN (LSJ, soft-NMS test) started from the sparse FCMAE
+    file."""
+    work = tmp_path_factory.mktemp('runs') / 'v2_det'
+    cfg = without_validation(small_det_config(V2_DET, coco, work,
+                                              max_iters=16, ckpt_interval=16))
+    cfg.model.backbone.init_cfg = dict(type='Pretrained',
+                                       checkpoint=str(fcmae_atto))
+    path = dump_config(cfg, work, V2_DET)
+    _, out = run_tool('train.py', path)
+    return path, work, out
+
+
+@pytest.fixture(scope='session')
+def trained_v2_upernet(ade, tmp_path_factory):
+    return trained(tmp_path_factory, 'v2_seg', small_seg_config, V2_SEG, ade,
+                   max_iters=10, ckpt_interval=10)
 
 
 class ChildLoader:

@@ -1,7 +1,6 @@
 """Bad weights, URLs and configs: one ``error:`` line (exit code 2) before
 any long work, and nothing lost or left behind."""
 import http.server
-import importlib.util
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ from convnext_mm.checkpoints.download import cache_path, cached_download
 from convnext_mm.models import ConvNeXt
 from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
-from tool_utils import ROOT, dumped, needs_mmdeploy, run_tool
+from tool_utils import ROOT, dumped, needs_mmdeploy, run_tool, tool_main
 
 # --- weights ----------------------------------------------------------------
 
@@ -226,18 +225,10 @@ def seg_config(tmp_path_factory):
                   root / 'work')
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def one_error_line(capsys, tool, *argv):
     """Run a tool in this process; return its single ``error:`` line."""
     with pytest.raises(SystemExit) as exit_:
-        _tool(tool)([str(a) for a in argv])
+        tool_main(tool)([str(a) for a in argv])
     out, err = capsys.readouterr()
     text = (out + err).strip()
     assert exit_.value.code == 2, text

@@ -2,9 +2,6 @@
 outputs against the model that produced it."""
 import copy
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +11,8 @@ from convnext_mm import ConvNeXt
 from convnext_mm.checkpoints import detect_layout, safe_torch_load
 from helpers import (captured_log, mmpretrain_convnext, randomise_, rel_err,
                      reset_norms_)
+from tool_utils import run_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 X = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 
 
@@ -219,11 +216,8 @@ def test_convert_checkpoint_tool(tmp_path):
     model = randomise_(torchvision.models.convnext_tiny(weights=None))
     torch.save(model.state_dict(), tmp_path / 'tv.pth')
     out = tmp_path / 'ours.pth'
-    cmd = [sys.executable, str(ROOT / 'tools' / 'convert_checkpoint.py'),
-           str(tmp_path / 'tv.pth'), str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert 'torchvision, ConvNeXt arch tiny' in res.stdout
+    _, text = run_tool('convert_checkpoint.py', tmp_path / 'tv.pth', out)
+    assert 'torchvision, ConvNeXt arch tiny' in text
     converted = safe_torch_load(out)
     assert detect_layout(converted['state_dict']) == 'authors_dense'
     a = load_via_init_cfg(tmp_path / 'tv.pth', 'tiny')
@@ -233,6 +227,7 @@ def test_convert_checkpoint_tool(tmp_path):
             assert torch.equal(o, e)
     # never overwrite a user's file without --force
     before = out.read_bytes()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode != 0 and 'exists' in res.stderr
+    code, text = run_tool('convert_checkpoint.py', tmp_path / 'tv.pth', out,
+                          check=False)
+    assert code != 0 and 'exists' in text
     assert out.read_bytes() == before

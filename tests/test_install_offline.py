@@ -104,7 +104,7 @@ def house(node, tmp_path_factory):
     return work / 'wh', res.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_offline_install_on_the_nodes_own_torch(node, house, tmp_path):
     python, _ = node
     wheelhouse, made = house
@@ -143,7 +143,7 @@ def test_offline_install_on_the_nodes_own_torch(node, house, tmp_path):
     assert '--no-index' in logs and str(wheelhouse) in logs
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_wheelhouse_missing_a_file_is_refused_naming_it(house, tmp_path):
     wheelhouse, _ = house
     copy = tmp_path / 'wh'
@@ -161,7 +161,7 @@ def test_a_wheelhouse_missing_a_file_is_refused_naming_it(house, tmp_path):
     assert not (tmp_path / 'venv').exists()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_an_existing_wheelhouse_is_not_overwritten(house, tmp_path):
     wheelhouse, _ = house
     before = (wheelhouse / 'manifest.json').read_bytes()
@@ -247,7 +247,7 @@ def test_closure_follows_extras_as_pip_resolved_them():
     assert set(closure(report, ['torch', 'mmdet'], ['torch'])) == {'mmdet'}
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_closure_of_our_torch_is_what_pip_resolves(tmp_path):
     """The full flow's torch, resolved by pip against the registry (no
     download): every project pip would install is in the wheelhouse's

@@ -58,7 +58,7 @@ def test_fps_measurement_runs_the_test_pipeline():
     assert 0. < fps < 100.
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_demo_learns_and_writes_pictures_curves_and_summary(tmp_path):
     """The demo at reduced length (120 + 300 iterations of its 400 + 800)
     holds a reduced floor; here it gives box AP 41.5, mask AP 54.7, mIoU

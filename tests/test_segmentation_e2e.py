@@ -6,14 +6,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.synthetic.small_configs import small_seg_config
 from tool_utils import dumped, metric, run_tool, train_losses
-
-pytestmark = pytest.mark.slow
 
 LEAF = 'upernet_convnext_t_ade20k'
 

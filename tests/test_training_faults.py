@@ -1,8 +1,14 @@
-"""Training never loses work: real training processes (tools/train.py, a
-classifier config at 64x64, 6 iterations, a checkpoint every 2) are
-SIGKILLed at every instant of a save - from themselves at an exact point
-(``kill_points.py``) and from outside the moment a file appears - then
-resumed with ``--resume``; a full disk stops a run in one line."""
+"""Training never loses work: training runs (tools/train.py, a classifier
+config at 64x64, 6 iterations, a checkpoint every 2) are stopped at every
+instant of a save and resumed with ``--resume``; a full disk stops a run in
+one line.
+
+The fault matrix runs in this process: at the instant (``kill_points.armed``)
+the work dir is copied as the disk holds it then, and the run is stopped;
+the copy is resumed. Two runs are SIGKILLed for real (from themselves at one
+instant, and from outside the moment a file appears); the whole matrix with
+real kills, and a real full tmpfs, are in ``make test-all``."""
+import errno
 import os
 import shutil
 import signal
@@ -14,18 +20,17 @@ import pytest
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.checkpoints.torch_file import is_complete
-from convnext_mm.synthetic import make_image_folder
 from convnext_mm.synthetic.small_configs import dump_config, small_cls_config
-from kill_points import POINTS
+from kill_points import POINTS, armed
 from tool_utils import ROOT, run_tool
 
 MAX_ITERS, INTERVAL = 6, 2
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')
 
 
-@pytest.fixture(scope='module')
-def folders(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp('fault_folders'))
+class Killed(BaseException):
+    """The in-process stand-in for SIGKILL (no ``except Exception`` of the
+    runner's catches it)."""
 
 
 def config(folders, work, max_keep=None):
@@ -55,27 +60,41 @@ def resumed(cfg, work, start):
     return out
 
 
+def killed_in_process(cfg, work, point, nth=2):
+    """Train until ``point`` of the ``nth`` save; leave ``work`` as the
+    disk was at that instant (what the run's own clean-up did after it,
+    as a SIGKILL would not let it, is undone)."""
+    image = work.parent / f'{work.name}.at_kill'
+
+    def kill():
+        shutil.copytree(work, image, symlinks=True)
+        raise Killed
+
+    with armed(point, nth, kill), pytest.raises(Killed):
+        run_tool('train.py', cfg)
+    shutil.rmtree(work)
+    image.rename(work)
+
+
+def killed_for_real(cfg, point, nth=2):
+    res = subprocess.run(
+        [sys.executable, ROOT / 'tests' / 'kill_points.py', point, str(nth),
+         ROOT / 'tools' / 'train.py', cfg], capture_output=True, text=True,
+        cwd=ROOT, env=ENV, timeout=600)
+    assert res.returncode == -signal.SIGKILL, (res.stdout + res.stderr)[-3000:]
+
+
 # the kill comes at the 2nd save (iter_4); where a resumed run starts
 STARTS = {'before_write': 2, 'mid_write': 2, 'before_rename': 2,
           'after_rename': 4, 'after_marker': 4}
 CASES = [(1, p) for p in POINTS] + [(None, 'mid_write'),
                                     (None, 'after_rename')]
-# the quick subset keeps the case mmengine's own hook loses everything in
-QUICK = {(1, 'before_rename')}
+# the real-kill case make test keeps: the one mmengine's own hook loses
+# everything in
+REAL = (1, 'before_rename')
 
 
-@pytest.mark.parametrize('max_keep,point', [
-    pytest.param(k, p, marks=() if (k, p) in QUICK else pytest.mark.slow)
-    for k, p in CASES])
-def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
-        folders, tmp_path, max_keep, point):
-    work = tmp_path / 'work'
-    cfg = config(folders, work, max_keep)
-    res = subprocess.run(
-        [sys.executable, ROOT / 'tests' / 'kill_points.py', point, '2',
-         ROOT / 'tools' / 'train.py', cfg], capture_output=True, text=True,
-        cwd=ROOT, env=ENV, timeout=600)
-    assert res.returncode == -signal.SIGKILL, (res.stdout + res.stderr)[-3000:]
+def check_kill_and_resume(cfg, work, max_keep, point):
     start = STARTS[point]
     # what the kill left: never fewer complete checkpoints than needed
     have = complete(work)
@@ -84,6 +103,9 @@ def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
         assert 'iter_2.pth' in have  # not removed before its successor
     marker = (work / 'last_checkpoint').read_text()
     assert is_complete(marker), marker  # the marker names a whole file
+    if point in ('before_write', 'mid_write', 'before_rename'):
+        # the half-written or unrenamed temporary file the kill left
+        assert list(work.glob('iter_4.pth.*.partial'))
     out = resumed(cfg, work, start)
     if point == 'after_rename':
         assert 'is newer than' in out
@@ -92,7 +114,26 @@ def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
                     ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']), left
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize('max_keep,point', CASES)
+def test_stopped_at_a_save_resumes_from_a_complete_checkpoint(
+        folders, tmp_path, max_keep, point):
+    work = tmp_path / 'work'
+    cfg = config(folders, work, max_keep)
+    killed_in_process(cfg, work, point)
+    check_kill_and_resume(cfg, work, max_keep, point)
+
+
+@pytest.mark.parametrize('max_keep,point', [
+    pytest.param(k, p, marks=() if (k, p) == REAL else pytest.mark.long)
+    for k, p in CASES])
+def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
+        folders, tmp_path, max_keep, point):
+    work = tmp_path / 'work'
+    cfg = config(folders, work, max_keep)
+    killed_for_real(cfg, point)
+    check_kill_and_resume(cfg, work, max_keep, point)
+
+
 def test_killed_from_outside_the_moment_a_checkpoint_appears(
         folders, tmp_path):
     """The issue's case: SIGKILL when iter_4's file appears (with
@@ -120,16 +161,12 @@ def test_killed_from_outside_the_moment_a_checkpoint_appears(
     resumed(cfg, work, 4 if 'iter_4.pth' in have else 2)
 
 
-@pytest.mark.slow
 def test_resume_falls_back_past_a_truncated_checkpoint(folders, tmp_path):
     """A truncated file under a final name (written by another hook, or
     cut by the file system): --resume names it and takes the one before."""
     work = tmp_path / 'work'
     cfg = config(folders, work)
-    subprocess.run(
-        [sys.executable, ROOT / 'tests' / 'kill_points.py', 'after_marker',
-         '2', ROOT / 'tools' / 'train.py', cfg], cwd=ROOT, env=ENV,
-        capture_output=True, timeout=600)
+    killed_in_process(cfg, work, 'after_marker')
     newest = work / 'iter_4.pth'
     with open(newest, 'r+b') as f:
         f.truncate(newest.stat().st_size // 2)
@@ -145,10 +182,31 @@ def test_resume_without_a_checkpoint_says_it_starts_over(folders, tmp_path):
     resumed(cfg, work, None)
 
 
-@pytest.mark.slow
+def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_file(
+        folders, tmp_path):
+    """The file system reports no space while iter_4 is written (in this
+    process; a real full tmpfs is the ``long`` test below)."""
+    work = tmp_path / 'work'
+    cfg = config(folders, work)
+
+    def full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with armed('mid_write', 2, full):
+        code, out = run_tool('train.py', cfg, check=False)
+    assert code == 2, out[-3000:]
+    assert out.strip().splitlines()[-1] == (
+        f'error: writing {work}/iter_4.pth failed: No space left on device; '
+        'its partial file was removed (free space and run again)')
+    assert 'Traceback' not in out
+    assert complete(work) == ['iter_2.pth']
+    assert not list(work.glob('iter_4.pth*'))
+
+
+@pytest.mark.long
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('unshare'),
                     reason='a small full disk needs a private tmpfs (root)')
-def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_file(
+def test_a_full_tmpfs_stops_in_one_line_and_leaves_no_partial_file(
         folders, tmp_path):
     """The work dir on an 80 MiB tmpfs: iter_2 (54 MB with the optimizer
     state) fits, iter_4 beside it does not."""
@@ -177,7 +235,6 @@ def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_file(
     assert not [n for n in listing if n.endswith('.partial')], listing
 
 
-@pytest.mark.slow
 def test_best_checkpoints_are_replaced_only_when_the_new_one_is_whole(
         folders, tmp_path):
     """save_best with max_keep_ckpts: the best checkpoint is written by

@@ -4,19 +4,35 @@ the Inferencer helper, naming the parts it leaves without weights, unless
 ``--allow-partial``/``allow_partial=True`` says it is intended."""
 import numpy as np
 import pytest
+import torch
+from mmengine.registry import MODELS, init_default_scope
 
 from convnext_mm.inference import inferencer
+from convnext_mm.synthetic.small_configs import (dump_config,
+                                                 small_det_config,
+                                                 small_seg_config)
 from tool_utils import metric, needs_mmdeploy, run_tool
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
-def models(trained_mask_rcnn, trained_upernet):
-    det_cfg, det_work, _ = trained_mask_rcnn
-    seg_cfg, seg_work, _ = trained_upernet
-    return dict(det=(det_cfg, det_work / 'iter_16.pth'),
-                seg=(seg_cfg, seg_work / 'iter_20.pth'))
+def models(coco, ade, tmp_path_factory):
+    """A Mask R-CNN's and a UperNet's config and checkpoint: the models as
+    built (the refusals read which parts a file has weights for, not what
+    the weights are)."""
+    root = tmp_path_factory.mktemp('wrong_task')
+    found = {}
+    for task, scope, builder, leaf, data in (
+            ('det', 'mmdet', small_det_config, 'mask_rcnn_convnext_t_coco',
+             coco),
+            ('seg', 'mmseg', small_seg_config, 'upernet_convnext_t_ade20k',
+             ade)):
+        cfg = builder(leaf, data, root / task)
+        init_default_scope(scope)
+        model = MODELS.build(cfg.model)
+        path = root / f'{task}.pth'
+        torch.save({'state_dict': model.state_dict()}, path)
+        found[task] = (dump_config(cfg, root / task, leaf), path)
+    return found
 
 
 def refusal(tool, cfg, ckpt, *more):
