@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools._tool import first_sentence  # noqa: E402
+
 MODELS = (
     ('Mask R-CNN T', 'mask_rcnn_convnext_t_coco', []),
     ('Cascade Mask R-CNN T', 'cascade_convnext_t_coco', []),
@@ -96,7 +98,7 @@ def run(cmd):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument('--work', default='work_dirs/benchmark_deploy')
     parser.add_argument('--iters', type=int, default=40)
     args = parser.parse_args()

@@ -28,6 +28,7 @@ from mmengine.config import Config  # noqa: E402
 
 from backbone import cpu_features  # noqa: E402  (benchmarks/backbone.py)
 from convnext_mm.launch import check_data  # noqa: E402
+from tools._tool import first_sentence  # noqa: E402
 
 
 def coco_sized(root: Path, images: int) -> Path:
@@ -66,7 +67,7 @@ def timed(fn, repeats=5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument('--work', default='work_dirs/benchmark_preflight')
     parser.add_argument('--images', type=int, default=118287)
     args = parser.parse_args()

@@ -14,12 +14,11 @@ import torch
 from convnext_mm import ConvNeXt
 from convnext_mm.synthetic import (make_ade20k, make_coco_instances,
                                    make_image_folder)
-from convnext_mm.synthetic.small_configs import (dump_config,
-                                                 small_cls_config,
+from convnext_mm.synthetic.small_configs import (small_cls_config,
                                                  small_det_config,
                                                  small_seg_config)
 from helpers import randomise_, sparse_fcmae
-from tool_utils import run_tool, trained, without_validation
+from tool_utils import trained
 
 V2_DET, V2_SEG = 'mask_rcnn_convnextv2_b_fcmae_coco', \
     'upernet_convnextv2_b_ade20k'
@@ -101,14 +100,9 @@ def fcmae_atto(tmp_path_factory):
 def trained_v2_mask_rcnn(coco, fcmae_atto, tmp_path_factory):
     """V2 Mask R-CNN (LSJ, soft-NMS test) started from the sparse FCMAE
     file."""
-    work = tmp_path_factory.mktemp('runs') / 'v2_det'
-    cfg = without_validation(small_det_config(V2_DET, coco, work,
-                                              max_iters=16, ckpt_interval=16))
-    cfg.model.backbone.init_cfg = dict(type='Pretrained',
-                                       checkpoint=str(fcmae_atto))
-    path = dump_config(cfg, work, V2_DET)
-    _, out = run_tool('train.py', path)
-    return path, work, out
+    return trained(tmp_path_factory, 'v2_det', small_det_config, V2_DET,
+                   coco, pretrained=fcmae_atto, max_iters=16,
+                   ckpt_interval=16)
 
 
 @pytest.fixture(scope='session')

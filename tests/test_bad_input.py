@@ -474,6 +474,58 @@ def test_an_annotation_of_an_unknown_category_is_named(det_data, capsys):
         'fix the file')
 
 
+@pytest.mark.parametrize('key', ['images', 'annotations'])
+def test_a_coco_file_without_images_or_annotations_is_one_line(
+        det_data, capsys, key):
+    cfg, root, train = det_data
+    ann = _ann(root, train)
+    ann[key] = []
+    (root / train['ann_file']).write_text(json.dumps(ann))
+    line = one_error_line(capsys, 'train', cfg)
+    assert line == (f'error: train_dataloader.dataset.ann_file: '
+                    f'{root / train["ann_file"]} lists no {key}; a COCO file '
+                    'needs at least one image with one annotation')
+
+
+def test_a_polygon_of_two_points_is_named(det_data, capsys):
+    cfg, root, train = det_data
+    ann = _ann(root, train)
+    ann['annotations'][1]['segmentation'] = [[1, 1, 5, 5]]
+    (root / train['ann_file']).write_text(json.dumps(ann))
+    line = one_error_line(capsys, 'test', cfg, 'x.pth', '--cfg-options',
+                          f'test_dataloader.dataset.ann_file='
+                          f'{train["ann_file"]}',
+                          f'test_dataloader.dataset.data_root={root}/')
+    assert line == (
+        f'error: test_dataloader.dataset: 1 annotation(s) in '
+        f'{root / train["ann_file"]} have a segmentation polygon of fewer '
+        f'than 3 points (the first: annotation id '
+        f'{ann["annotations"][1]["id"]}); the mask metric fails on them: '
+        'fix or remove them')
+
+
+def test_boxes_mmdet_drops_are_counted_and_refused_when_all(det_data):
+    from mmengine.config import Config
+
+    from convnext_mm.launch import check_data
+    from helpers import captured_log
+    cfg, root, train = det_data
+    ann = _ann(root, train)
+    total = len(ann['annotations'])
+    ann['annotations'][0]['bbox'][2] = 0  # zero width
+    ann['annotations'][1]['bbox'][3] = -4  # negative height
+    (root / train['ann_file']).write_text(json.dumps(ann))
+    with captured_log() as lines:
+        check_data(Config.fromfile(cfg), ['train'])
+    assert any(f'mmdet leaves out 2 of the {total} annotation(s)' in line
+               for line in lines), lines
+    for a in ann['annotations']:
+        a['bbox'][0] = 10_000  # outside its image
+    (root / train['ann_file']).write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match=f'none of the {total} annotation'):
+        check_data(Config.fromfile(cfg), ['train'])
+
+
 def test_class_names_that_are_not_the_datasets_say_how_to_set_them(
         det_data, capsys):
     cfg, root, train = det_data

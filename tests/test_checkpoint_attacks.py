@@ -20,7 +20,8 @@ from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
 
 import convnext_mm  # noqa: F401  (installs the safe loaders)
 import crafted as C
-from convnext_mm.checkpoints import (TruncatedError, UnsafeCheckpointError,
+from convnext_mm.checkpoints import (CheckpointFileError, TruncatedError,
+                                     UnsafeCheckpointError,
                                      read_file, safe_torch_load)
 from convnext_mm.checkpoints import mmengine_hook
 
@@ -216,6 +217,19 @@ def test_truncated_files_are_named_truncated(tmp_path):
     assert len(tiny) < 27
     with pytest.raises(TruncatedError, match='announces'):
         safe_torch_load(path)
+
+
+def test_a_zip64_locator_pointing_past_the_file_is_named(tmp_path):
+    """The zip64 end locator's record offset with a high bit set (what the
+    5,000-example fuzz run found: an OSError from seek, not one line)."""
+    whole = bytearray(C.saved({'state_dict': {'w': torch.ones(10)}}))
+    locator = whole.rindex(b'PK\x06\x07')
+    for offset in (1 << 63, 1 << 40, len(whole)):
+        whole[locator + 8:locator + 16] = struct.pack('<Q', offset)
+        path = write(tmp_path, bytes(whole))
+        with pytest.raises(CheckpointFileError, match="a damaged zip64 end "
+                           'record'):
+            safe_torch_load(path)
 
 
 @pytest.mark.parametrize('index,match', [

@@ -229,6 +229,18 @@ def test_adaptive_pooling_exports_exactly(tmp_path, size):
     np.testing.assert_allclose(got, Pyramid()(x).numpy(), atol=1e-5)
 
 
+def test_onnx_runtime_runs_the_threads_pytorch_runs(tmp_path):
+    """Without options a session takes one thread per core: the latency
+    table would compare PyTorch on N threads with ONNX Runtime on all."""
+    from convnext_mm.deploy.export import ort_session
+    path = tmp_path / 'linear.onnx'
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4), ), path,
+                      dynamo=False, input_names=['x'])
+    options = ort_session(str(path), 1).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == \
+        (1, 1)
+
+
 @needs_mmdeploy
 def test_a_breakdown_after_the_export_leaves_nothing(trained_upernet,
                                                      tmp_path, monkeypatch):

@@ -60,10 +60,10 @@ def resumed(cfg, work, start):
     return out
 
 
-def killed_in_process(cfg, work, point, nth=2):
-    """Train until ``point`` of the ``nth`` save; leave ``work`` as the
-    disk was at that instant (what the run's own clean-up did after it,
-    as a SIGKILL would not let it, is undone)."""
+def killed_in_process(cfg, work, point, nth=2, *args):
+    """Train (tools/train.py CFG ARGS) until ``point`` of the ``nth`` save;
+    leave ``work`` as the disk was at that instant (what the run's own
+    clean-up did after it, as a SIGKILL would not let it, is undone)."""
     image = work.parent / f'{work.name}.at_kill'
 
     def kill():
@@ -71,7 +71,7 @@ def killed_in_process(cfg, work, point, nth=2):
         raise Killed
 
     with armed(point, nth, kill), pytest.raises(Killed):
-        run_tool('train.py', cfg)
+        run_tool('train.py', cfg, *args)
     shutil.rmtree(work)
     image.rename(work)
 
@@ -174,6 +174,20 @@ def test_resume_falls_back_past_a_truncated_checkpoint(folders, tmp_path):
     assert (f'--resume: {newest} (named by last_checkpoint) is not complete '
             f'(its save was cut off); resuming from {work / "iter_2.pth"}, '
             'the newest complete checkpoint') in out
+
+
+def test_the_marker_never_names_a_removed_checkpoint(folders, tmp_path):
+    """Killed after iter_4 got its name, before the marker moved: the
+    resumed run removes iter_2 (max_keep_ckpts=1), which the marker still
+    names; the marker names iter_4 before that (seen at the resumed run's
+    first save)."""
+    work = tmp_path / 'work'
+    cfg = config(folders, work, max_keep=1)
+    killed_in_process(cfg, work, 'after_rename')
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_2.pth')
+    killed_in_process(cfg, work, 'before_write', 1, '--resume')
+    assert not (work / 'iter_2.pth').exists()
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_4.pth')
 
 
 def test_resume_without_a_checkpoint_says_it_starts_over(folders, tmp_path):

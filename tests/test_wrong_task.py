@@ -73,8 +73,16 @@ def test_deploy_refuses_another_tasks_checkpoint(models, tmp_path):
 def test_inferencer_helper(models, coco):
     det_cfg, det_ckpt = models['det']
     seg_cfg, seg_ckpt = models['seg']
-    with pytest.raises(ValueError, match='has no weights for neck'):
+    with pytest.raises(ValueError, match='has no weights for neck') as err:
         inferencer(str(det_cfg), str(seg_ckpt), device='cpu')
+    assert str(err.value).endswith('or pass allow_partial=True to run with '
+                                   'those parts at their initial weights')
+    missing = f'cuda:{torch.cuda.device_count()}'  # never there
+    with pytest.raises(ValueError, match=f"device='{missing}': this machine "
+                       "has .*; use device='cpu'"):
+        inferencer(str(det_cfg), str(det_ckpt), device=missing)
+    with pytest.raises(ValueError, match='is not a torch device'):
+        inferencer(str(det_cfg), str(det_ckpt), device='abcd')
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3),
                                               dtype=np.uint8)
     det = inferencer(str(det_cfg), str(det_ckpt), device='cpu',

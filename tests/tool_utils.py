@@ -148,12 +148,17 @@ def without_validation(cfg):
     return cfg
 
 
-def trained(tmp_path_factory, name, builder, leaf, data, **kwargs):
+def trained(tmp_path_factory, name, builder, leaf, data, pretrained=None,
+            **kwargs):
     """Train a small config (``builder`` from
-    ``convnext_mm.synthetic.small_configs``) with tools/train.py in a new
-    work dir ``runs*/name``; returns (config path, work dir, output)."""
+    ``convnext_mm.synthetic.small_configs``; its backbone started from the
+    file ``pretrained``, if given) with tools/train.py in a new work dir
+    ``runs*/name``; returns (config path, work dir, output)."""
     work = tmp_path_factory.mktemp('runs') / name
     cfg = without_validation(builder(leaf, data, work, **kwargs))
+    if pretrained:
+        cfg.model.backbone.init_cfg = dict(type='Pretrained',
+                                           checkpoint=str(pretrained))
     path = dump_config(cfg, work, leaf)
     _, out = run_tool('train.py', path)
     return path, work, out

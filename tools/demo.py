@@ -12,14 +12,13 @@ training (COCO box/mask AP, mIoU), single-scale and multi-scale + flip, and
 writes pictures of predictions, the loss curves and a summary into the work
 dir. About 4 minutes on 2 cores.
 """
-import argparse
 import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (checkout on sys.path, warnings)
 warnings.filterwarnings('ignore', category=UserWarning)
 
 import torch  # noqa: E402
@@ -117,9 +116,7 @@ def summary(det, seg, timings):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _tool.parser(__doc__)
     parser.add_argument('--work-dir',
                         help='an empty or new folder (default: '
                         'work_dirs/demo/<date>_<time>)')

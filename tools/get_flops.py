@@ -10,10 +10,9 @@ its numbers are printed beside ours. FLOPs follow mmcv 1.x's counter (see
 ``convnext_mm/analysis/complexity.py``), on mmdet 2.x's dummy forward for
 detectors (mask heads on the first 100 of 1000 proposals).
 """
-import argparse
 import warnings
 
-import _tool  # noqa: E402,F401  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (checkout on sys.path, warnings)
 warnings.filterwarnings('ignore', category=UserWarning)
 
 from mmengine.logging import MMLogger  # noqa: E402
@@ -23,9 +22,7 @@ from convnext_mm.errors import user_errors  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _tool.parser(__doc__)
     parser.add_argument('configs', nargs='+', help='config files')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='input size (default: the paper\'s)')

@@ -17,13 +17,13 @@ AP only from single-scale runs, as Table 3); each work dir is matched to its
 config by the config file mmengine writes there, or named explicitly as
 ``NAME=DIR``.
 """
-import argparse
 import json
 import sys
 import warnings
 from pathlib import Path
 
-from _tool import ROOT  # noqa: E402  (checkout on sys.path, warnings)
+import _tool  # noqa: E402  (checkout on sys.path, warnings)
+from _tool import ROOT  # noqa: E402
 
 warnings.filterwarnings('ignore', category=UserWarning)
 
@@ -85,9 +85,7 @@ def cell(paper, ours):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split('\n')[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _tool.parser(__doc__)
     parser.add_argument('--logs', nargs='*', default=[],
                         help='tools/test.py work dirs, optionally NAME=DIR')
     parser.add_argument('--fps', action='store_true',

@@ -4,11 +4,10 @@ forward pass each on a random image, printing the output shapes.
 
     python tools/smoke.py [--arch tiny] [--size 512]
 """
-import argparse
 import time
 import warnings
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 import torch  # noqa: E402
 from mmengine.hub import get_config  # noqa: E402
@@ -89,7 +88,7 @@ def run_segmentor(arch, size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = _tool.parser(__doc__)
     parser.add_argument('--arch', default='tiny', choices=list(ARCH_SETTINGS))
     parser.add_argument('--size', type=int, default=512,
                         help='image height (the detector gets 4:3 images)')

@@ -183,8 +183,10 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     locator = handle.read(20)
     if locator[:4] == b'PK\x06\x07':  # zip64: torch writes it always
         record = struct.unpack('<Q', locator[8:16])[0]
-        handle.seek(record)
-        head = handle.read(48)
+        head = b''
+        if record < directory_end - 20:  # a place inside the file
+            handle.seek(record)
+            head = handle.read(48)
         if head[:4] != b'PK\x06\x06' or len(head) < 48 or record + 12 + \
                 struct.unpack('<Q', head[4:12])[0] != directory_end - 20:
             raise TorchFileError(f'{where}: a damaged zip64 end record')

@@ -174,8 +174,9 @@ def latency_table(times_s: dict, repeats: int, threads: int) -> str:
     the post-processing after it."""
     ms = {k: 1e3 * v for k, v in times_s.items()}
     return '\n'.join([
-        f'CPU latency for this image (median of {repeats}, {threads} '
-        'threads, after pre-processing):',
+        f'CPU latency for this image (median of {repeats}, after '
+        f'pre-processing; {threads} threads in PyTorch and in ONNX '
+        "Runtime's operators):",
         '| runtime | graph | post-processing | total |', '|---|---|---|---|',
         f'| PyTorch | | | {ms["pytorch"]:.0f} ms |',
         f'| ONNX Runtime | {ms["onnxruntime_graph"]:.0f} ms | '

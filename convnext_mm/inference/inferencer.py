@@ -13,6 +13,8 @@ takes what the check read.
 import importlib
 from typing import Optional
 
+import torch
+
 from .. import launch
 
 _INFERENCERS = {
@@ -21,6 +23,28 @@ _INFERENCERS = {
     'mmpretrain': ('mmpretrain.apis', 'ImageClassificationInferencer',
                    'pretrained'),
 }
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse, in one ValueError, a device this machine does not have (the
+    Inferencer would fail deep inside torch, after building the model)."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f'device={device!r} is not a torch device ({err}); '
+                         "give 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() \
+            else 0
+        if count == 0 or (parsed.index or 0) >= count:
+            have = f'{count} CUDA device(s)' if count else \
+                f'no CUDA device (torch {torch.__version__})'
+            raise ValueError(f'device={device!r}: this machine has {have}; '
+                             "use device='cpu'" + (
+                                 f" or 'cuda:0'..'cuda:{count - 1}'"
+                                 if count else ''))
 
 
 def inferencer(config: str, checkpoint: str, device: Optional[str] = None,
@@ -32,17 +56,21 @@ def inferencer(config: str, checkpoint: str, device: Optional[str] = None,
 
         from convnext_mm.inference import inferencer
         det = inferencer('configs/mask_rcnn_convnext_t_coco.py',
-                         'work_dirs/mask_rcnn_convnext_t_coco/epoch_36.pth')
+                         'work_dirs/mask_rcnn_convnext_t_coco/epoch_36.pth',
+                         device='cpu')
         result = det('demo.jpg', out_dir='outputs/')
 
     ``kwargs`` go to the Inferencer (``palette``, ``show_progress``, ...).
-    Raises one ValueError/FileNotFoundError naming the problem for a config
-    or checkpoint that the tools would refuse.
+    Raises one ValueError/FileNotFoundError naming the problem for a device
+    this machine lacks, or a config or checkpoint that the tools would
+    refuse.
     """
+    check_device(device)
     cfg = launch.load_config(config, cfg_options)
     scope = launch.task_of(cfg)
     model = launch.check_model(cfg, training=False)
-    launch.check_checkpoint(model, checkpoint, allow_partial)
+    launch.check_checkpoint(model, checkpoint, allow_partial,
+                            option='allow_partial=True')
     del model
     module, name, weights = _INFERENCERS[scope]
     cls = getattr(importlib.import_module(module), name)

@@ -7,10 +7,12 @@ Checked for every dataset a run reads (wrappers unwrapped):
 
 - the paths the config names exist (``data_root``, ``ann_file``, each
   ``data_prefix``), and folders are not empty;
-- COCO-format annotations (mmdet): the file is COCO JSON, every listed
-  image file exists, every annotation's ``category_id`` is one of its
-  categories (mmdet drops the others without a word), and the config's
-  class names are categories of the file (else how to set ``metainfo``);
+- COCO-format annotations (mmdet): the file is COCO JSON with images and
+  annotations, every listed image file exists, every annotation's
+  ``category_id`` is one of its categories (mmdet drops the others without
+  a word), no polygon has fewer than 3 points, some boxes are ones mmdet
+  keeps (how many it drops is logged), and the config's class names are
+  categories of the file (else how to set ``metainfo``);
 - ADE20K-format data (mmseg): every image has its label map, of its size,
   single-channel 8-bit;
 - class-list annotations (mmpretrain ``ann_file``): every listed image
@@ -22,11 +24,13 @@ label map too.
 """
 import inspect
 import json
+import logging
 import os
 import os.path as osp
 from typing import List, Optional, Tuple
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from PIL import Image
 
@@ -171,6 +175,11 @@ def _check_coco(dataset, where: str, split: str, cls, full: bool) -> None:
         raise ValueError(f'{where}.ann_file: {ann} is not COCO-format '
                          'annotations (a JSON object with "images", '
                          '"annotations" and "categories" lists)')
+    for key in ('images', 'annotations'):
+        if not data[key]:
+            raise ValueError(f'{where}.ann_file: {ann} lists no {key}; a '
+                             'COCO file needs at least one image with one '
+                             'annotation')
     categories = {c.get('id'): c.get('name') for c in data['categories']
                   if isinstance(c, dict)}
     names = set(categories.values())
@@ -198,12 +207,66 @@ def _check_coco(dataset, where: str, split: str, cls, full: bool) -> None:
             f'{", ".join(map(str, stray[:5]))}, which is not among its '
             f'categories ({", ".join(map(str, sorted(categories, key=str)))})'
             '; mmdet would drop them without a word: fix the file')
+    _check_instances(data, where, ann)
     prefix = dataset.get('data_prefix') or {}
     img_dir = _join(root, prefix.get('img', '') if isinstance(
         prefix, dict) else prefix)
     files = [osp.join(img_dir, str(img.get('file_name', '')))
              for img in data['images'] if isinstance(img, dict)]
     _first_missing(files, full, where)
+
+
+def _short_polygon(ann: dict) -> bool:
+    """A polygon of fewer than 3 points (pycocotools fails on it when the
+    metric turns it into a mask)."""
+    polygons = ann.get('segmentation')
+    return isinstance(polygons, list) and any(
+        not isinstance(p, list) or len(p) < 6 for p in polygons)
+
+
+def _dropped_box(ann: dict, size) -> bool:
+    """A box mmdet's CocoDataset leaves out, as its ``parse_data_info``
+    decides: no overlap with its image (``size``: width, height), width or
+    height under 1 pixel, or no area."""
+    box = ann.get('bbox')
+    if not isinstance(box, list) or len(box) != 4 or not all(
+            isinstance(v, (int, float)) for v in box):
+        return True
+    x1, y1, w, h = box
+    width, height = size or (float('inf'), float('inf'))
+    inside = (min(x1 + w, width) - max(x1, 0)) > 0 and \
+        (min(y1 + h, height) - max(y1, 0)) > 0
+    area = ann.get('area', 0)
+    return not (inside and isinstance(area, (int, float)) and area > 0
+                and w >= 1 and h >= 1)
+
+
+def _check_instances(data: dict, where: str, ann: str) -> None:
+    """Polygons that would crash the metric are refused; boxes mmdet would
+    drop are reported, and refused when they are all there is."""
+    sizes = {img.get('id'): (img.get('width'), img.get('height'))
+             for img in data['images'] if isinstance(img, dict)}
+    anns = [a for a in data['annotations'] if isinstance(a, dict)]
+    short = [a for a in anns if _short_polygon(a)]
+    if short:
+        raise ValueError(
+            f'{where}: {len(short)} annotation(s) in {ann} have a '
+            'segmentation polygon of fewer than 3 points (the first: '
+            f'annotation id {short[0].get("id")}); the mask metric fails on '
+            'them: fix or remove them')
+    kept = [a for a in anns if not a.get('ignore') and
+            not _dropped_box(a, sizes.get(a.get('image_id')))]
+    dropped = len(anns) - len(kept)
+    if not kept:
+        raise ValueError(
+            f'{where}: none of the {len(anns)} annotation(s) in {ann} has a '
+            'box mmdet keeps (bbox [x, y, w, h] inside its image, w and h '
+            'at least 1 pixel, area above 0): there is nothing to learn from')
+    if dropped:
+        print_log(f'{where}: mmdet leaves out {dropped} of the {len(anns)} '
+                  f'annotation(s) in {ann} (ignored, outside their image, '
+                  'under 1 pixel wide or high, or of no area)',
+                  logger='current', level=logging.WARNING)
 
 
 def _check_list(dataset, where: str, full: bool) -> None:

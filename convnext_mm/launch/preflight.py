@@ -87,7 +87,8 @@ def check_model(cfg: Config, training: bool):
     return model
 
 
-def check_checkpoint(model, checkpoint: str, allow_partial: bool = True):
+def check_checkpoint(model, checkpoint: str, allow_partial: bool = True,
+                     option: str = '--allow-partial'):
     """Refuse a whole model's checkpoint that does not fit ``model``, in one
     line; return its report.
 
@@ -97,12 +98,12 @@ def check_checkpoint(model, checkpoint: str, allow_partial: bool = True):
     ``allow_partial=False`` (testing, deploying, inference: a model whose
     neck or heads stay random must not be evaluated as if trained) a
     checkpoint that leaves parts of the model without weights is refused
-    too.
+    too, naming ``option``, the way to accept it.
     """
     while hasattr(model, 'module'):  # DDP and TTA wrappers
         model = model.module
     report = prepare_whole(model, checkpoint)
-    return report if allow_partial else report.check_whole()
+    return report if allow_partial else report.check_whole(option)
 
 
 def newest_complete(work_dir: str, besides: str = '') -> Optional[str]:

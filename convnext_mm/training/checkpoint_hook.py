@@ -89,7 +89,8 @@ class SafeCheckpointHook(CheckpointHook):
     def _tidy(self, runner) -> None:
         """Remove what a killed run left: temporary files of checkpoints,
         and kept checkpoints older than those the resumed run keeps (a kill
-        between a save and the removal it allowed)."""
+        between a save and the removal it allowed); ``last_checkpoint``
+        naming one of those is moved to the newest kept first."""
         if not osp.isdir(self.out_dir):
             return
         names = os.listdir(self.out_dir)
@@ -104,6 +105,16 @@ class SafeCheckpointHook(CheckpointHook):
                     step = pattern.match(name)
                     if step and int(step.group(1)) < min(kept):
                         stale.append(name)
+        marker = osp.join(runner.work_dir, 'last_checkpoint')
+        if kept and osp.isfile(marker):
+            with open(marker) as f:
+                named = osp.basename(f.read().strip())
+            if named in stale:
+                # first the marker names a file that stays: it never names
+                # a removed one (mmengine's own resume reads it)
+                self.file_backend.put_text(
+                    osp.join(self.out_dir,
+                             self.filename_tmpl.format(max(kept))), marker)
         for name in stale:
             path = osp.join(self.out_dir, name)
             if osp.isfile(path):
