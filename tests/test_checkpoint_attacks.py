@@ -232,6 +232,28 @@ def test_a_zip64_locator_pointing_past_the_file_is_named(tmp_path):
             safe_torch_load(path)
 
 
+@pytest.mark.parametrize('field,value,match', [
+    (6, 64, 'a damaged zip checkpoint'),  # needs zip version 6.4
+    (10, 99, 'is damaged'),  # an unknown compression method
+    (8, 1, 'is damaged'),  # encrypted
+])
+def test_zip_records_zipfile_cannot_read_are_named(tmp_path, field, value,
+                                                   match):
+    """A central directory entry's version, method or flags that zipfile
+    answers with NotImplementedError or RuntimeError (the fuzz run found
+    the version): one line, not a traceback."""
+    whole = bytearray(C.saved({'state_dict': {'w': torch.ones(10)}}))
+    entry = whole.index(b'PK\x01\x02')  # the first record's, data.pkl
+    if field == 8:  # a flag bit beside those the file has
+        value |= struct.unpack('<H', whole[entry + 8:entry + 10])[0]
+    whole[entry + field:entry + field + 2] = struct.pack('<H', value)
+    if field in (8, 10):  # the local header's copy (at 0) says the same
+        whole[field - 2:field] = struct.pack('<H', value)
+    path = write(tmp_path, bytes(whole))
+    with pytest.raises(CheckpointFileError, match=match):
+        safe_torch_load(path)
+
+
 @pytest.mark.parametrize('index,match', [
     ({'weight_map': {'w': '.'}}, 'not a file name inside its folder'),
     ({'weight_map': {'w': '..'}}, 'not a file name inside its folder'),

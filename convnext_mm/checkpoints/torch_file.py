@@ -114,7 +114,8 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     handle.seek(0)
     try:
         archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError,
+            NotImplementedError) as err:  # a zip version it does not read
         if isinstance(err, zipfile.BadZipFile) and 'not a zip file' in str(
                 err):
             raise TruncatedError(
@@ -242,7 +243,10 @@ def _read_member(archive, info, where: str) -> bytearray:
             if member.readinto(data) != info.file_size or member.read(1):
                 raise TruncatedError(f'{where} is truncated in '
                                      f'{info.filename[:80]}')
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
+            NotImplementedError, RuntimeError) as err:
+        # NotImplementedError: a compression method zipfile lacks;
+        # RuntimeError: an encrypted record
         raise TorchFileError(f'{where}: record {info.filename[:80]} is '
                              f'damaged ({err})') from None
     return data
