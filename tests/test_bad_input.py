@@ -483,8 +483,9 @@ def test_a_coco_file_without_images_or_annotations_is_one_line(
     (root / train['ann_file']).write_text(json.dumps(ann))
     line = one_error_line(capsys, 'train', cfg)
     assert line == (f'error: train_dataloader.dataset.ann_file: '
-                    f'{root / train["ann_file"]} lists no {key}; a COCO file '
-                    'needs at least one image with one annotation')
+                    f'{root / train["ann_file"]} lists no {key}; ' + (
+                        'a COCO file needs at least one' if key == 'images'
+                        else 'training needs at least one'))
 
 
 def test_a_polygon_of_two_points_is_named(det_data, capsys):

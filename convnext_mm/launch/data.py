@@ -175,11 +175,13 @@ def _check_coco(dataset, where: str, split: str, cls, full: bool) -> None:
         raise ValueError(f'{where}.ann_file: {ann} is not COCO-format '
                          'annotations (a JSON object with "images", '
                          '"annotations" and "categories" lists)')
-    for key in ('images', 'annotations'):
-        if not data[key]:
-            raise ValueError(f'{where}.ann_file: {ann} lists no {key}; a '
-                             'COCO file needs at least one image with one '
-                             'annotation')
+    training = split == 'train'
+    if not data['images']:
+        raise ValueError(f'{where}.ann_file: {ann} lists no images; a COCO '
+                         'file needs at least one')
+    if training and not data['annotations']:
+        raise ValueError(f'{where}.ann_file: {ann} lists no annotations; '
+                         'training needs at least one')
     categories = {c.get('id'): c.get('name') for c in data['categories']
                   if isinstance(c, dict)}
     names = set(categories.values())
@@ -207,7 +209,7 @@ def _check_coco(dataset, where: str, split: str, cls, full: bool) -> None:
             f'{", ".join(map(str, stray[:5]))}, which is not among its '
             f'categories ({", ".join(map(str, sorted(categories, key=str)))})'
             '; mmdet would drop them without a word: fix the file')
-    _check_instances(data, where, ann)
+    _check_instances(data, where, ann, training)
     prefix = dataset.get('data_prefix') or {}
     img_dir = _join(root, prefix.get('img', '') if isinstance(
         prefix, dict) else prefix)
@@ -233,7 +235,8 @@ def _dropped_box(ann: dict, size) -> bool:
             isinstance(v, (int, float)) for v in box):
         return True
     x1, y1, w, h = box
-    width, height = size or (float('inf'), float('inf'))
+    width, height = size if size and all(
+        isinstance(v, (int, float)) for v in size) else (float('inf'),) * 2
     inside = (min(x1 + w, width) - max(x1, 0)) > 0 and \
         (min(y1 + h, height) - max(y1, 0)) > 0
     area = ann.get('area', 0)
@@ -241,9 +244,11 @@ def _dropped_box(ann: dict, size) -> bool:
                 and w >= 1 and h >= 1)
 
 
-def _check_instances(data: dict, where: str, ann: str) -> None:
+def _check_instances(data: dict, where: str, ann: str,
+                     training: bool) -> None:
     """Polygons that would crash the metric are refused; boxes mmdet would
-    drop are reported, and refused when they are all there is."""
+    drop are reported, and refused for training when they are all there
+    is."""
     sizes = {img.get('id'): (img.get('width'), img.get('height'))
              for img in data['images'] if isinstance(img, dict)}
     anns = [a for a in data['annotations'] if isinstance(a, dict)]
@@ -257,7 +262,7 @@ def _check_instances(data: dict, where: str, ann: str) -> None:
     kept = [a for a in anns if not a.get('ignore') and
             not _dropped_box(a, sizes.get(a.get('image_id')))]
     dropped = len(anns) - len(kept)
-    if not kept:
+    if training and not kept:
         raise ValueError(
             f'{where}: none of the {len(anns)} annotation(s) in {ann} has a '
             'box mmdet keeps (bbox [x, y, w, h] inside its image, w and h '
