@@ -5,9 +5,10 @@ dataset, and the deployment's mask pasting against mmdeploy's.
     python benchmarks/preflight.py [--work DIR] [--images 118287]
 
 Writes a COCO-format annotation file of train2017's size (118,287 images,
-7.3 annotations each with a 24-point polygon, 80 categories) and one empty
-file per image, then times ``convnext_mm.launch.check_data`` (the default
-``--check-data quick``: existence and JSON) as tools/train.py runs it. Then
+7.3 annotations each with a 24-point polygon, 80 categories) and one file
+per image holding a 640x480 JPEG's header (no image data), then times
+``convnext_mm.launch.check_data`` (the default ``--check-data quick``:
+existence, image headers and JSON) as tools/train.py runs it. Then
 pastes 100 masks of 28x28 into an 800x1333 image with mmdeploy's per-box
 ``grid_sample`` and with ``convnext_mm.deploy.postprocess.paste_masks``
 (median of 5). Prints the CPU first.
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -31,15 +33,25 @@ from convnext_mm.launch import check_data  # noqa: E402
 from tools._tool import first_sentence  # noqa: E402
 
 
+def jpeg_header(width: int, height: int) -> bytes:
+    """A JPEG's header up to its scan (format and size, no image data):
+    what the quick check reads of an image."""
+    _, data = cv2.imencode('.jpg', np.zeros((height, width, 3), np.uint8))
+    data = data.tobytes()
+    scan = data.index(b'\xff\xda')
+    return data[:scan + 2 + int.from_bytes(data[scan + 2:scan + 4], 'big')]
+
+
 def coco_sized(root: Path, images: int) -> Path:
     rng = np.random.default_rng(0)
+    header = jpeg_header(640, 480)
     img_dir = root / 'train2017'
     img_dir.mkdir(parents=True, exist_ok=True)
     records, anns = [], []
     per_image = rng.poisson(7.3, images)
     for i in range(images):
         name = f'{i:012d}.jpg'
-        (img_dir / name).touch()
+        (img_dir / name).write_bytes(header)
         records.append(dict(id=i, file_name=name, width=640, height=480))
         for _ in range(per_image[i]):
             x, y = rng.uniform(0, 500, 2).round(2).tolist()

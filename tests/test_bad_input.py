@@ -452,13 +452,27 @@ def test_a_corrupt_image_is_named_with_check_data_full(det_data, capsys):
 
     from convnext_mm.launch import check_data
     cfg, root, train = det_data
-    first = _ann(root, train)['images'][0]['file_name']
-    (root / train['img_dir'] / first).write_bytes(b'\xff\xd8 not a jpeg')
-    check_data(Config.fromfile(cfg), ['train'])  # quick: existence only
+    first = root / train['img_dir'] / _ann(root, train)['images'][0][
+        'file_name']
+    data = first.read_bytes()
+    first.write_bytes(data[:len(data) // 2])  # a whole header, cut data
+    check_data(Config.fromfile(cfg), ['train'])  # quick: headers only
     line = one_error_line(capsys, 'train', cfg, '--check-data', 'full')
-    assert line == ('error: train_dataloader.dataset: image '
-                    f'{root / train["img_dir"] / first} cannot be decoded; '
-                    'replace or remove it')
+    assert line == (f'error: train_dataloader.dataset: image {first} cannot '
+                    'be decoded; replace or remove it')
+
+
+@pytest.mark.parametrize('content', [b'', b'<html>not found</html>'])
+def test_a_file_that_is_no_image_is_named_by_the_quick_check(
+        det_data, capsys, content):
+    cfg, root, train = det_data
+    first = root / train['img_dir'] / _ann(root, train)['images'][0][
+        'file_name']
+    first.write_bytes(content)
+    line = one_error_line(capsys, 'train', cfg)
+    assert line == (f'error: train_dataloader.dataset: image {first} is not '
+                    'an image (no image format in its header); replace or '
+                    'remove it')
 
 
 def test_an_annotation_of_an_unknown_category_is_named(det_data, capsys):
@@ -554,7 +568,10 @@ def test_ade20k_image_without_label_map_and_class_lists(tmp_path, capsys):
                                  tmp_path / 'work'))
     check_data(cfg, ['train', 'val'], 'full')
     labels = Path(data['data_root']) / 'annotations' / 'training'
-    gone = sorted(labels.iterdir())[0]
+    gone, empty = sorted(labels.iterdir())[:2]
+    empty.write_bytes(b'')  # a zero-byte label map: one line, no traceback
+    with pytest.raises(ValueError, match=f'{empty} is not an image'):
+        check_data(cfg, ['train'])
     gone.unlink()
     with pytest.raises(FileNotFoundError, match=f'has no label map {gone}'):
         check_data(cfg, ['train'])

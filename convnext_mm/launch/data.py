@@ -18,9 +18,9 @@ Checked for every dataset a run reads (wrappers unwrapped):
 - class-list annotations (mmpretrain ``ann_file``): every listed image
   exists.
 
-Only existence, file headers and JSON are read, so COCO's 118k images take
-seconds; ``full=True`` (``--check-data full``) decodes every image and
-label map too.
+Only existence, file headers (each image's format and size) and JSON are
+read, so COCO's 118k images take seconds; ``full=True`` (``--check-data
+full``) decodes every image and label map too.
 """
 import inspect
 import json
@@ -128,13 +128,32 @@ def _is_empty_dir(path: str) -> bool:
         return next(entries, None) is None
 
 
-def _decodes(path: str) -> bool:
+def _reads(path: str, full: bool) -> bool:
+    """The file is an image (see :func:`_header`)."""
+    try:
+        _header(path, full, '')
+        return True
+    except ValueError:
+        return False
+
+
+def _header(path: str, full: bool, where: str):
+    """An image's (size, PIL mode), read from its header (``full``: the
+    image decoded too); a file that is not one is one line."""
     try:
         with Image.open(path) as img:
-            img.load()
-        return True
+            if full:
+                img.load()
+            return img.size, img.mode
     except Exception:  # noqa: BLE001  whatever a broken file raises
-        return False
+        raise ValueError(f'{where}: {_unreadable(path, full)}; replace or '
+                         'remove it') from None
+
+
+def _unreadable(path: str, full: bool) -> str:
+    """How a file that is not an image is named in the error line."""
+    return f'{path} cannot be decoded' if full else \
+        f'{path} is not an image (no image format in its header)'
 
 
 def _first_missing(paths: List[str], full: bool, where: str) -> None:
@@ -144,13 +163,11 @@ def _first_missing(paths: List[str], full: bool, where: str) -> None:
             missing) > 1 else ''
         raise FileNotFoundError(f'{where}: image {missing[0]} does not '
                                 f'exist{more}')
-    if full:
-        broken = [p for p in paths if not _decodes(p)]
-        if broken:
-            more = f' (and {len(broken) - 1} more)' if len(broken) > 1 \
-                else ''
-            raise ValueError(f'{where}: image {broken[0]} cannot be decoded'
-                             f'{more}; replace or remove it')
+    broken = [p for p in paths if not _reads(p, full)]
+    if broken:
+        more = f' (and {len(broken) - 1} more)' if len(broken) > 1 else ''
+        raise ValueError(f'{where}: image {_unreadable(broken[0], full)}'
+                         f'{more}; replace or remove it')
 
 
 def _classes(dataset, cls) -> Tuple[str, ...]:
@@ -312,21 +329,16 @@ def check_label_maps(dataset, where: str, cls=None,
             raise FileNotFoundError(
                 f'{where}: image {name} has no label map {label_path}')
         image_path = osp.join(img_dir, name)
-        with Image.open(image_path) as img, Image.open(label_path) as label:
-            if label.mode not in ('L', 'P'):
-                raise ValueError(
-                    f'{where}: label map {label_path} has PIL mode '
-                    f'{label.mode!r}; label maps must be single-channel '
-                    '8-bit PNGs (mode L or P) of class indices, 0 = "other"'
-                    ' (ignored with reduce_zero_label)')
-            if label.size != img.size:
-                raise ValueError(
-                    f'{where}: label map {label_path} is {label.size[0]}x'
-                    f'{label.size[1]} but its image {name} is '
-                    f'{img.size[0]}x{img.size[1]}; a label map must have '
-                    "its image's size")
-        if full:
-            for path in (image_path, label_path):
-                if not _decodes(path):
-                    raise ValueError(f'{where}: {path} cannot be decoded; '
-                                     'replace or remove it')
+        (size, _), (label_size, mode) = (_header(path, full, where)
+                                         for path in (image_path, label_path))
+        if mode not in ('L', 'P'):
+            raise ValueError(
+                f'{where}: label map {label_path} has PIL mode {mode!r}; '
+                'label maps must be single-channel 8-bit PNGs (mode L or P) '
+                'of class indices, 0 = "other" (ignored with '
+                'reduce_zero_label)')
+        if label_size != size:
+            raise ValueError(
+                f'{where}: label map {label_path} is {label_size[0]}x'
+                f'{label_size[1]} but its image {name} is {size[0]}x'
+                f"{size[1]}; a label map must have its image's size")
