@@ -61,6 +61,28 @@ def test_test_tool_refuses_another_tasks_checkpoint(models):
     assert 0. <= metric(out, 'mIoU') <= 100.
 
 
+def test_resume_refuses_another_model_or_bare_weights(models, tmp_path):
+    """--resume CKPT: another model's checkpoint, or its own model's weights
+    without the training state, in one line before the runner starts (not
+    mmengine's "different number of parameter groups" or KeyError 'meta')."""
+    det_cfg, det_ckpt = models['det']
+    seg_cfg, seg_ckpt = models['seg']
+    work = tmp_path / 'work'
+    line = refusal('train.py', seg_cfg, '--resume', det_ckpt, '--work-dir',
+                   work)
+    assert line.startswith(f'error: {det_ckpt} has no weights for '
+                           'decode_head (')
+    assert line.endswith('Give the checkpoint trained with this config')
+    line = refusal('train.py', seg_cfg, '--resume', seg_ckpt, '--work-dir',
+                   work)
+    assert line == (
+        f'error: --resume: {seg_ckpt} holds state_dict, not the training '
+        'state a run resumes from (no meta or message_hub); resume from a '
+        'checkpoint tools/train.py saved, or start from these weights with '
+        f'--cfg-options load_from={seg_ckpt} and no --resume')
+    assert not work.exists()
+
+
 @needs_mmdeploy
 def test_deploy_refuses_another_tasks_checkpoint(models, tmp_path):
     det_cfg, _ = models['det']

@@ -69,6 +69,7 @@ def prepare_whole(model, checkpoint) -> Report:
     or deploy checkpoint); what was read is kept for mmengine's load."""
     raw = read_checkpoint(checkpoint)
     report = examine(model, raw, _source(checkpoint)).check()
+    report.contents = [str(k) for k in raw] if isinstance(raw, dict) else []
     keep(os.fspath(checkpoint), raw)
     return report
 

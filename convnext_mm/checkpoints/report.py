@@ -71,6 +71,8 @@ class Report:
     problems: List[str] = field(default_factory=list)
     note: str = ''
     model_size: int = 0
+    # a whole checkpoint's top-level names (state_dict, meta, optimizer...)
+    contents: List[str] = field(default_factory=list)
 
     def check(self) -> 'Report':
         """Raise one ValueError naming the problems, if any."""
@@ -81,20 +83,23 @@ class Report:
                 self.problems[:3]) + more + '; refusing to load it')
         return self
 
-    def check_whole(self, option: str = '--allow-partial') -> 'Report':
+    def check_whole(self, option: Optional[str] = '--allow-partial'
+                    ) -> 'Report':
         """Refuse, in one ValueError, a whole model's checkpoint that leaves
         parts of the model without weights (a checkpoint of another task:
         an UperNet's through a Mask R-CNN config leaves its neck and heads
-        random), naming them and ``option``, the way to accept it."""
+        random), naming them and ``option``, the way to accept it (None:
+        there is none)."""
         if not self.fresh:
             return self
         other = f' (it has {_parts(self.left_out)} instead)' \
             if self.left_out else ''
+        accept = f', or pass {option} to run with those parts at their ' \
+            'initial weights' if option else ''
         raise ValueError(
             f'{self.source} has no weights for {_parts(self.fresh)} of this '
             f"config's model{other}: it is not a checkpoint of this model. "
-            "Give the checkpoint trained with this config, or pass "
-            f'{option} to run with those parts at their initial weights')
+            f'Give the checkpoint trained with this config{accept}')
 
     def lines(self) -> List[str]:
         """The report as logged: layout, loaded, fresh, left out."""

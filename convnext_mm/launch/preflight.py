@@ -141,7 +141,7 @@ def check_resume(cfg: Config, model) -> None:
     if not path:
         def fits(candidate: str) -> bool:
             try:
-                check_checkpoint(model, candidate)
+                _check_resumable(check_checkpoint(model, candidate))
             except TruncatedError:
                 return False
             return True
@@ -157,7 +157,29 @@ def check_resume(cfg: Config, model) -> None:
         raise FileNotFoundError(f'--resume: checkpoint {path} does not '
                                 'exist' + _resume_hint(work_dir, path))
     try:
-        check_checkpoint(model, path)
+        report = check_checkpoint(model, path)
     except TruncatedError as err:
         raise TruncatedError(str(err) + _resume_hint(work_dir, path)) \
             from None
+    _check_resumable(report)
+
+
+# what mmengine's resume reads besides the weights, unconditionally
+TRAINING_STATE = ('meta', 'message_hub')
+
+
+def _check_resumable(report) -> None:
+    """A run resumes only from its own model's training checkpoint: one of
+    another model, or weights alone, is one line here instead of
+    mmengine's "different number of parameter groups" or KeyError 'meta'
+    after the runner has started."""
+    report.check_whole(option=None)
+    missing = [k for k in TRAINING_STATE if k not in report.contents]
+    if missing:
+        holds = ', '.join(report.contents[:6]) or 'no named parts'
+        raise ValueError(
+            f'--resume: {report.source} holds {holds}, not the training '
+            f'state a run resumes from (no {" or ".join(missing)}); resume '
+            'from a checkpoint tools/train.py saved, or start from these '
+            f'weights with --cfg-options load_from={report.source} and no '
+            '--resume')
