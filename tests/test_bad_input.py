@@ -1,9 +1,11 @@
 """Bad weights, URLs and configs: one ``error:`` line (exit code 2) before
 any long work, and nothing lost or left behind."""
+import errno
 import http.server
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -301,6 +303,27 @@ def test_error_comes_before_the_runner_starts(seg_config, tmp_path):
                          check=False)
     assert code == 2 and out.strip().count('\n') == 0, out
     assert 'System environment' not in out and not work.exists()
+
+
+@pytest.mark.parametrize('code,says', [
+    (errno.EACCES, ' cannot be written (Permission denied); give --work-dir '
+     'a folder you can write to'),
+    (errno.ENOSPC, ': no space to write (No space left on device); free '
+     'space or give --work-dir on another disk'),
+])
+def test_a_work_dir_that_cannot_be_written_is_one_line(
+        seg_config, capsys, tmp_path, monkeypatch, code, says):
+    """A read-only work dir or a full disk (root writes anywhere, so the
+    file system's answer is given here): one line before the runner, and
+    the folder the check made is gone."""
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, 'mkstemp', refuse)
+    work = tmp_path / 'work'
+    line = one_error_line(capsys, 'train', seg_config, '--work-dir', work)
+    assert line == f'error: work dir {work}{says}'
+    assert not work.exists()
 
 
 @needs_mmdeploy

@@ -35,7 +35,7 @@ def _umask() -> int:
 
 PARTIAL_SUFFIX = '.partial'
 # a full disk or quota: the write is abandoned, its partial file removed
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class NoSpaceError(OSError):
@@ -88,7 +88,7 @@ def atomic_file(dst, overwrite: bool = True):
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as err:
-            if err.errno not in _NO_SPACE:
+            if err.errno not in NO_SPACE:
                 raise
             os.remove(tmp)
             raise NoSpaceError(

@@ -3,12 +3,14 @@ after every pre-flight check has passed."""
 import argparse
 import os
 import os.path as osp
+import tempfile
 from typing import Callable, List
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..checkpoints.saving import NO_SPACE, NoSpaceError
 from ..errors import user_errors
 from ..training import use_safe_checkpoints
 from .config import adapt_to_device, load_config
@@ -32,6 +34,32 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def check_work_dir(work_dir: str) -> None:
+    """The run can write its work dir (made if new): a read-only folder or
+    a full disk is one line here, not a traceback from the runner's first
+    write (the config dump) among "Logging error" blocks."""
+    made = not osp.isdir(work_dir)
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=work_dir, prefix='.write-check-')
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as err:
+        if made and osp.isdir(work_dir) and not os.listdir(work_dir):
+            os.rmdir(work_dir)  # a refused run leaves nothing
+        if err.errno in NO_SPACE:
+            raise NoSpaceError(
+                f'work dir {work_dir}: no space to write ({err.strerror}); '
+                'free space or give --work-dir on another disk') from None
+        raise PermissionError(
+            f'work dir {work_dir} cannot be written ({err.strerror}); give '
+            '--work-dir a folder you can write to') from None
 
 
 def build_runner(cfg: Config):
@@ -73,5 +101,6 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
             check_checkpoint(model, cfg.load_from,
                              training or args.allow_partial)
         del model
+        check_work_dir(cfg.work_dir)
     adapt_to_device(cfg)
     return build_runner(cfg)
