@@ -7,8 +7,8 @@ Checked for every dataset a run reads (wrappers unwrapped):
 
 - the paths the config names exist (``data_root``, ``ann_file``, each
   ``data_prefix``), and folders are not empty;
-- COCO-format annotations (mmdet): the file is COCO JSON with images and
-  annotations, every listed image file exists, every annotation's
+- COCO-format annotations (mmdet): the file is COCO JSON with images (and,
+  for training, annotations), every listed image file exists, every annotation's
   ``category_id`` is one of its categories (mmdet drops the others without
   a word), no polygon has fewer than 3 points, some boxes are ones mmdet
   keeps (how many it drops is logged), and the config's class names are
@@ -19,8 +19,9 @@ Checked for every dataset a run reads (wrappers unwrapped):
   exists.
 
 Only existence, file headers (each image's format and size) and JSON are
-read, so COCO's 118k images take seconds; ``full=True`` (``--check-data
-full``) decodes every image and label map too.
+read (``benchmarks/preflight.py`` times it on a train2017-sized file);
+``full=True`` (``--check-data full``) decodes every image and label map
+too.
 """
 import inspect
 import json
