@@ -5,6 +5,8 @@ import http.server
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +18,7 @@ import torch
 import convnext_mm  # noqa: F401
 from convnext_mm.checkpoints import DownloadError
 from convnext_mm.checkpoints.download import cache_path, cached_download
+from convnext_mm.launch import lock
 from convnext_mm.models import ConvNeXt
 from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
@@ -326,6 +329,70 @@ def test_a_work_dir_that_cannot_be_written_is_one_line(
     assert not work.exists()
 
 
+def _lock_of(work, **owner):
+    work.mkdir(parents=True, exist_ok=True)
+    (work / 'iter_4.pth').write_bytes(b'the first run\'s checkpoint')
+    (work / lock.LOCK_FILE).write_text(json.dumps(owner))
+    return work
+
+
+def test_a_second_run_on_a_work_dir_is_refused_naming_the_first(
+        seg_config, capsys, tmp_path):
+    """A live run of this host, or a run of another host (which cannot be
+    checked), holds the work dir: one line naming it; nothing touched."""
+    first = subprocess.Popen([sys.executable, '-c',
+                              'import time; time.sleep(60)'])
+    try:
+        owner = dict(host=socket.gethostname(), pid=first.pid,
+                     started=lock._start_time(first.pid), since=0)
+        work = _lock_of(tmp_path / 'live', **owner)
+        line = one_error_line(capsys, 'train', seg_config, '--work-dir', work)
+        assert f'work dir {work} is held by another training run (pid ' \
+            f'{first.pid} on host {owner["host"]} since ' in line
+        assert 'which still runs; wait for it to end or give another ' \
+            '--work-dir' in line
+        assert json.loads((work / lock.LOCK_FILE).read_text()) == owner
+        assert (work / 'iter_4.pth').read_bytes() == b"the first run's " \
+            b'checkpoint'
+        assert sorted(p.name for p in work.iterdir()) == [
+            'convnext_mm.lock', 'iter_4.pth']
+    finally:
+        first.kill()
+        first.wait()
+    other = _lock_of(tmp_path / 'other', host='node-7', pid=1)
+    line = one_error_line(capsys, 'train', seg_config, '--work-dir', other)
+    assert 'pid 1 on host node-7' in line and 'may still run (another ' \
+        'host' in line and 'start with --ignore-lock' in line
+
+
+def test_a_lock_is_stale_once_its_process_is_gone(tmp_path):
+    """Gone: the pid exits, or the pid now names a process that started
+    at another time (the system reused it); and held by its own process
+    (a run resumed in the process that was stopped)."""
+    ended = subprocess.Popen([sys.executable, '-c', 'pass'])
+    ended.wait()
+    me = lock.this_process()
+    assert lock.is_alive(me)
+    assert not lock.is_alive(dict(me, pid=ended.pid))
+    if me['started'] is not None:
+        assert not lock.is_alive(dict(me, started=str(int(me['started']) + 1)))
+    assert not lock.is_alive({})
+    assert lock.is_alive(dict(me, host='node-7')) is None
+    work = _lock_of(tmp_path / 'stale', host=me['host'], pid=ended.pid)
+    lock.acquire(str(work))
+    assert json.loads((work / lock.LOCK_FILE).read_text())['pid'] == me['pid']
+    lock.acquire(str(work))  # its own
+    with lock.holding(str(work)):
+        pass
+    assert not (work / lock.LOCK_FILE).exists()
+    other = _lock_of(tmp_path / 'other', host='node-7', pid=1)
+    with pytest.raises(lock.WorkDirInUse):
+        lock.acquire(str(other))
+    lock.acquire(str(other), take_over=True)
+    lock.release(str(other))
+    assert sorted(p.name for p in other.iterdir()) == ['iter_4.pth']
+
+
 @needs_mmdeploy
 def test_deploy_refuses_bad_input_before_any_work(seg_config, capsys,
                                                   tmp_path):
@@ -365,6 +432,11 @@ def test_deploy_keeps_a_previous_export(seg_config, capsys, tmp_path):
     assert f'--out {out} holds a previous export (end2end.onnx)' in line
     assert (out / 'end2end.onnx').read_bytes() == b'the export of yesterday'
     assert sorted(p.name for p in out.iterdir()) == ['end2end.onnx']
+    (out / 'end2end.onnx').rename(out / 'notes.txt')
+    line = one_error_line(capsys, 'deploy', seg_config, tmp_path / 'x.pth',
+                          '--out', out)
+    assert f'--out {out} holds other files (notes.txt); give a new or ' \
+        'empty directory (the export appears there whole)' in line
     a_file = tmp_path / 'file'
     a_file.write_text('x')
     assert 'is a file' in one_error_line(capsys, 'deploy', seg_config,

@@ -3,6 +3,9 @@ window and whole image) exported to ONNX from the trained tiny models and
 verified in ONNX Runtime; the verification's matching; the rewriters that
 fix mmdeploy; bad input."""
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from mmengine.structures import InstanceData
 
 from convnext_mm.deploy import verify
+from convnext_mm.launch import lock
 from tool_utils import needs_mmdeploy, run_tool
 
 EXPECTED_OPS = {'LayerNormalization'}
@@ -38,6 +42,7 @@ def _deploy(cfg, ckpt, out, *options):
     assert resize['interpolation'] == 'bilinear'
     assert sorted(p.name for p in out.iterdir()) == [
         'end2end.onnx', 'export.json']
+    assert not list(out.parent.glob(f'.{out.name}.export@*'))
     return text, report
 
 
@@ -59,6 +64,7 @@ def test_mask_rcnn_dynamic_export_verifies(trained_mask_rcnn, coco,
     assert _detections(report) > 0
     assert EXPECTED_OPS | DET_OPS <= set(report['ops'])
     assert report['outputs'] == ['dets', 'labels', 'masks']
+    assert _row(report, 'largest mask probability difference')['ok']
     assert report['input']['dynamic_hw'] and report['classes']
     assert 'dynamic height and width' in text
 
@@ -92,16 +98,35 @@ def test_dynamic_graph_runs_other_sizes_like_pytorch(trained_mask_rcnn,
     assert found > 0
 
 
+def _disagreeing_stages(ckpt, path):
+    """The checkpoint with the first and last stage's mask logits moved
+    apart by +-2: the mean of the logits stays, the mean of the
+    probabilities (mmdet's merge) does not."""
+    state = torch.load(ckpt, map_location='cpu', weights_only=False)
+    weights = state['state_dict']
+    weights['roi_head.mask_head.0.conv_logits.bias'] += 2
+    weights['roi_head.mask_head.2.conv_logits.bias'] -= 2
+    torch.save(state, path)
+    return path
+
+
+def _row(report, check):
+    return next(r for r in report['verification'] if r['check'] == check)
+
+
 @needs_mmdeploy
 def test_cascade_class_specific_static_export_verifies(
         trained_cascade, coco, tmp_path):
+    """Including the stages' mask merge: mmdet's mean of probabilities
+    (mmdeploy's sigmoid of the mean logit fails the probability row)."""
     cfg, work, _ = trained_cascade
+    ckpt = _disagreeing_stages(work / 'iter_20.pth', tmp_path / 'c.pth')
     image = coco['val']['data_root'] + 'val/val_00001.jpg'
-    text, report = _deploy(cfg, work / 'iter_20.pth', tmp_path / 'onnx',
-                           '--image', image)
+    text, report = _deploy(cfg, ckpt, tmp_path / 'onnx', '--image', image)
     assert _detections(report) > 0
     assert EXPECTED_OPS | DET_OPS <= set(report['ops'])
     assert 'fixed height and width' in text
+    assert _row(report, 'largest mask probability difference')['ok']
 
 
 @needs_mmdeploy
@@ -186,6 +211,18 @@ def test_masks_are_compared():
     assert _failed(verify.compare_detections(a, b)) == {'lowest mask IoU'}
 
 
+def test_mask_probabilities_are_compared():
+    """Binary masks alike, probabilities 0.02 apart: a failure (mmdet's
+    uint8 probabilities against float ones)."""
+    a = _instances([[0, 0, 10, 10]], [0.9], [0])
+    b = _instances([[0, 0, 10, 10]], [0.9], [0])
+    a.masks = torch.full((1, 12, 12), 204, dtype=torch.uint8)  # 0.8
+    b.masks = torch.full((1, 12, 12), 0.802)
+    assert verify.compare_mask_probabilities(a, b).ok
+    b.masks += 0.02
+    assert not verify.compare_mask_probabilities(a, b).ok
+
+
 def test_label_agreement_limit():
     labels = torch.zeros(100, 100, dtype=torch.long)
     other = labels.clone()
@@ -251,6 +288,15 @@ def test_a_breakdown_after_the_export_leaves_nothing(trained_upernet,
 
     monkeypatch.setattr(verify, 'compare_labels', broken)
     out = tmp_path / 'onnx'
+    # the work folders of two earlier exports: one killed (its process is
+    # gone), one still running (this process)
+    ended = subprocess.Popen([sys.executable, '-c', 'pass'])
+    ended.wait()
+    killed = tmp_path / f'.onnx.export@{socket.gethostname()}@{ended.pid}@@x1'
+    (killed / 'end2end.onnx').parent.mkdir()
+    (killed / 'end2end.onnx').write_bytes(b'half an export')
+    running = tmp_path / f'.onnx.export@{lock.tag()}@x2'
+    running.mkdir()
     code, text = run_tool('deploy.py', cfg, work / 'iter_20.pth', '--out', out,
                           '--repeat', '1', '--cfg-options',
                           'model.test_cfg.mode=whole', check=False)
@@ -258,6 +304,8 @@ def test_a_breakdown_after_the_export_leaves_nothing(trained_upernet,
     assert text.strip().splitlines()[-1] == ('error: the export broke down (RuntimeError: the '
                        f'runtime fell over); nothing was written to {out}')
     assert not out.exists()  # a rerun is not blocked
+    assert not killed.exists() and running.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]
 
 
 def test_pasted_masks_are_mmdeploys(tmp_path):

@@ -9,6 +9,7 @@ the copy is resumed. Two runs are SIGKILLed for real (from themselves at one
 instant, and from outside the moment a file appears); the whole matrix with
 real kills, and a real full tmpfs, are in ``make test-all``."""
 import errno
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 from convnext_mm.checkpoints import safe_torch_load
 from convnext_mm.checkpoints.torch_file import is_complete
+from convnext_mm.launch import lock
 from convnext_mm.synthetic.small_configs import dump_config, small_cls_config
 from kill_points import POINTS, armed
 from tool_utils import ROOT, run_tool
@@ -112,6 +114,7 @@ def check_kill_and_resume(cfg, work, max_keep, point):
     left = complete(work)
     assert left == ([f'iter_{MAX_ITERS}.pth'] if max_keep else
                     ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']), left
+    assert not (work / lock.LOCK_FILE).exists()  # released at the end
 
 
 @pytest.mark.parametrize('max_keep,point', CASES)
@@ -131,6 +134,9 @@ def test_killed_at_a_save_resumes_from_a_complete_checkpoint(
     work = tmp_path / 'work'
     cfg = config(folders, work, max_keep)
     killed_for_real(cfg, point)
+    # the killed run's lock is left, stale: the resume is not refused
+    owner = json.loads((work / lock.LOCK_FILE).read_text())
+    assert lock.is_alive(owner) is False
     check_kill_and_resume(cfg, work, max_keep, point)
 
 
@@ -267,3 +273,34 @@ def test_best_checkpoints_are_replaced_only_when_the_new_one_is_whole(
     assert len(best) == 1 and is_complete(work / best[0]), best
     assert not list(work.glob('*.partial'))
     assert complete(work) == [f'iter_{MAX_ITERS}.pth']
+
+
+def test_a_resumed_run_keeps_one_best_checkpoint_per_metric(
+        folders, tmp_path, monkeypatch):
+    """Killed after a new best is written (iter 4), before the checkpoint
+    that records it is saved again: the resumed run believes in the
+    previous best (iter 2). Its tidy keeps the newest best, with its score,
+    so the run ends with one best file. The metric rises with every
+    validation here (the tiny model's accuracy may not)."""
+    from convnext_mm.training import SafeCheckpointHook
+    validated = SafeCheckpointHook.after_val_epoch
+
+    def rising(self, runner, metrics):
+        validated(self, runner, {'accuracy/top1': float(runner.iter)})
+
+    monkeypatch.setattr(SafeCheckpointHook, 'after_val_epoch', rising)
+    work = tmp_path / 'work'
+    cfg = small_cls_config('convnext_t_in1k', folders, work,
+                           max_iters=MAX_ITERS, ckpt_interval=INTERVAL)
+    cfg.train_cfg.val_interval = INTERVAL
+    cfg.default_hooks.checkpoint.update(save_best='accuracy/top1',
+                                        rule='greater')
+    path = dump_config(cfg, work, 'cls')
+    # saves: iter_2, best 2, iter_2 again, iter_4, best 4, iter_4 again
+    killed_in_process(path, work, 'before_write', 6)
+    assert sorted(p.name for p in work.glob('best_*.pth')) == [
+        'best_accuracy_top1_iter_2.pth', 'best_accuracy_top1_iter_4.pth']
+    out = resumed(path, work, 4)
+    assert 'removed ' + str(work / 'best_accuracy_top1_iter_2.pth') in out
+    assert sorted(p.name for p in work.glob('best_*.pth')) == [
+        'best_accuracy_top1_iter_6.pth']

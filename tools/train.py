@@ -9,7 +9,8 @@ configs it inherits) picks the library. Dataset paths, ``--cfg-options`` keys,
 the model and its LR-decay settings, and ``load_from`` or pretrained
 checkpoints are checked before the run starts; bad input ends it with one
 ``error:`` line (exit code 2). Without CUDA, mixed precision and SyncBN are
-switched off (and logged).
+switched off (and logged). One run at a time per work dir: a second is
+refused while the first runs (``WORK_DIR/convnext_mm.lock``).
 """
 
 import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
@@ -25,6 +26,7 @@ def parse_args(argv=None):
         '--cfg-options train_dataloader.dataset.data_root=/data/ade/',
         'bash tools/dist_train.sh configs/cascade_convnext_b_coco.py 8')
     launch.add_run_args(parser)
+    launch.add_lock_arg(parser)
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -52,7 +54,7 @@ def main(argv=None):
         return ['train'] + (['val'] if cfg.get('val_cfg') else [])
 
     runner = launch.prepare_runner(args, splits, adjust, training=True)
-    with checkpoint_errors():
+    with launch.lock.holding(runner.work_dir), checkpoint_errors():
         runner.train()
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 import platform
+import shutil
 import sys
 import tempfile
 from typing import List, Optional
@@ -15,6 +16,7 @@ import torch
 
 from .. import launch
 from ..errors import user_errors
+from ..launch import lock
 from ..synthetic.shapes import draw_scene
 from . import verify
 from .export import Exported, deploy_config, graph_ops, output_names
@@ -32,13 +34,44 @@ def _check_out_dir(out: str) -> None:
     if osp.exists(out) and not osp.isdir(out):
         raise NotADirectoryError(f'--out {out} is a file; give a directory '
                                  'for the ONNX file and its report')
-    if osp.isdir(out):
+    if osp.isdir(out) and os.listdir(out):
         previous = sorted(f for f in os.listdir(out)
                           if f.endswith('.onnx') or f == REPORT_FILE)
-        if previous:
-            raise FileExistsError(
-                f'--out {out} holds a previous export ({", ".join(previous)}'
-                f'); give a new directory, or move those files away first')
+        holds = (f'a previous export ({", ".join(previous)})' if previous
+                 else f'other files ({", ".join(sorted(os.listdir(out))[:3])}'
+                 ')')
+        raise FileExistsError(
+            f'--out {out} holds {holds}; give a new or empty directory (the '
+            'export appears there whole), or move those files away first')
+
+
+def _work_prefix(out: str) -> str:
+    """The name start of the folders an export is written in, beside
+    ``--out`` (``.NAME.export@host@pid@start@``: their owner)."""
+    return f'.{osp.basename(osp.normpath(out))}.export@'
+
+
+def remove_stale_work(out: str) -> None:
+    """Remove the work folders of earlier exports to ``out`` whose process
+    is gone (killed mid-export); a live one's, or another host's, stays."""
+    parent = osp.dirname(osp.abspath(out))
+    prefix = _work_prefix(out)
+    for name in os.listdir(parent) if osp.isdir(parent) else ():
+        if name.startswith(prefix) and \
+                lock.is_alive(lock.owner_of(name)) is False:
+            shutil.rmtree(osp.join(parent, name), ignore_errors=True)
+
+
+def _publish(work: str, out: str) -> None:
+    """Move the finished folder to ``out`` in one rename (an empty ``out``
+    is replaced): a reader sees the whole export or none."""
+    try:
+        os.rename(work, out)
+    except OSError:
+        if not osp.isdir(out) or os.listdir(out):
+            raise
+        os.rmdir(out)  # where rename does not replace an empty folder
+        os.rename(work, out)
 
 
 def read_image(path: Optional[str]) -> np.ndarray:
@@ -133,7 +166,8 @@ def _report(args, exported, opset, ops, rows, times, passed) -> dict:
 def run(args) -> int:
     """Export, verify, report; the exit code (0: verified, 1: not, 2: bad
     input, before any work; 3: the export or its verification broke down,
-    and nothing was left in ``--out``)."""
+    and nothing was left in ``--out``). ``--out`` appears whole, in one
+    rename; a killed export's work folder is removed by the next export."""
     with user_errors():
         cfg = launch.load_config(args.config, args.cfg_options)
         check_request(args, cfg)
@@ -141,26 +175,26 @@ def run(args) -> int:
         model = launch.check_model(cfg, training=False)
         launch.check_checkpoint(model, args.checkpoint, args.allow_partial)
         del model
-    existed = osp.isdir(args.out)
-    os.makedirs(args.out, exist_ok=True)
+    remove_stale_work(args.out)
+    parent = osp.dirname(osp.abspath(args.out))
+    os.makedirs(parent, exist_ok=True)
+    # everything is written in a folder beside --out, which becomes --out
+    # in one rename when the report is written
+    work = tempfile.mkdtemp(dir=parent,
+                            prefix=_work_prefix(args.out) + lock.tag() + '@')
     try:
-        # everything is written in a temporary folder inside --out and
-        # moved into place only when the report is written
-        with tempfile.TemporaryDirectory(dir=args.out,
-                                         prefix='.export-') as work:
-            passed = _export_and_verify(args, cfg, image, work)
-            os.replace(osp.join(work, ONNX_FILE),
-                       osp.join(args.out, ONNX_FILE))
-            os.replace(osp.join(work, REPORT_FILE),
-                       osp.join(args.out, REPORT_FILE))
+        passed = _export_and_verify(args, cfg, image, work)
+        _publish(work, args.out)
     except Exception as err:  # noqa: BLE001  whatever broke, said once
-        if not existed and not os.listdir(args.out):
-            os.rmdir(args.out)
+        shutil.rmtree(work, ignore_errors=True)
         detail = ' '.join(str(err).split())[:500]
         print(f'error: the export broke down ({type(err).__name__}: '
               f'{detail}); nothing was written to {args.out}',
               file=sys.stderr)
         return EXIT_BROKE_DOWN
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return 0 if passed else 1
 
 
@@ -189,6 +223,10 @@ def _export_and_verify(args, cfg, image, work: str) -> bool:
         rows = verify.compare_detections(ours.pred_instances,
                                          theirs.pred_instances,
                                          exported.torch_candidates)
+        if 'masks' in ours.pred_instances:
+            rows.append(verify.compare_mask_probabilities(
+                exported.torch_mask_probabilities(),
+                exported.onnx_mask_probabilities(raw)))
     rows.append(verify.Row('standard ONNX ops only',
                            'yes' if not custom else ', '.join(custom),
                            'yes', not custom))

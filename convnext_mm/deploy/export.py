@@ -156,6 +156,23 @@ class Exported:
         finally:
             self.model.roi_head.test_cfg = saved
 
+    def torch_mask_probabilities(self):
+        """The PyTorch model's detections with their mask probabilities
+        pasted in the image before the threshold (mmdet's uint8, x 255)."""
+        test_cfg = self.model.roi_head.test_cfg
+        threshold = test_cfg.mask_thr_binary
+        test_cfg.mask_thr_binary = -1
+        try:
+            return self.torch_predictor()().pred_instances
+        finally:
+            test_cfg.mask_thr_binary = threshold
+
+    def onnx_mask_probabilities(self, outputs):
+        """The graph's ``outputs`` as detections with their mask
+        probabilities pasted in the image before the threshold."""
+        return detections(outputs, self.samples()[0].metainfo,
+                          probabilities=True)
+
     def onnx_stages(self, path: str):
         """The ONNX file in ONNX Runtime (CPU) on the image, as two stages
         timed apart: ``graph()`` (the session's run, its raw outputs) and

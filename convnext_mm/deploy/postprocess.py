@@ -37,25 +37,39 @@ def _weights(lo: torch.Tensor, hi: torch.Tensor, size: int,
     return (1 - (pos[..., None] - cell).abs()).clamp(min=0)
 
 
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int,
-                width: int) -> torch.Tensor:
-    """Boolean [N, height, width] masks from [N, h, w] mask probabilities
-    and their [N, 4] boxes (x0, y0, x1, y1) in the image."""
-    out = torch.zeros(len(masks), height, width, dtype=torch.bool)
+def paste_probabilities(masks: torch.Tensor, boxes: torch.Tensor,
+                        height: int, width: int) -> torch.Tensor:
+    """Float [N, height, width] mask probabilities in the image from
+    [N, h, w] probabilities in their [N, 4] boxes (x0, y0, x1, y1)."""
+    out = torch.zeros(len(masks), height, width)
     masks, boxes = masks.float(), boxes.float()
     for start in range(0, len(masks), CHUNK):
         part = slice(start, start + CHUNK)
         wy = _weights(boxes[part, 1], boxes[part, 3], height,
                       masks.shape[1])
         wx = _weights(boxes[part, 0], boxes[part, 2], width, masks.shape[2])
-        out[part] = (wy @ masks[part] @ wx.transpose(1, 2)) >= MASK_THR
+        out[part] = wy @ masks[part] @ wx.transpose(1, 2)
     return out
 
 
-def detections(outputs, meta: dict) -> InstanceData:
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int,
+                width: int) -> torch.Tensor:
+    """Boolean [N, height, width] masks from [N, h, w] mask probabilities
+    and their [N, 4] boxes (x0, y0, x1, y1) in the image."""
+    out = torch.zeros(len(masks), height, width, dtype=torch.bool)
+    for start in range(0, len(masks), CHUNK):
+        part = slice(start, start + CHUNK)
+        out[part] = paste_probabilities(masks[part], boxes[part], height,
+                                        width) >= MASK_THR
+    return out
+
+
+def detections(outputs, meta: dict,
+               probabilities: bool = False) -> InstanceData:
     """The graph's ``dets``, ``labels`` (and ``masks``) for one image as
     mmdet's ``pred_instances`` in the original image: zero-score padding
-    dropped, boxes scaled back, masks pasted."""
+    dropped, boxes scaled back, masks pasted (binary, or with
+    ``probabilities`` their probabilities before the threshold)."""
     dets, labels = (torch.as_tensor(np.asarray(o))[0] for o in outputs[:2])
     keep = dets[:, 4] > 0
     boxes = dets[keep, :4] / torch.tensor(
@@ -65,5 +79,6 @@ def detections(outputs, meta: dict) -> InstanceData:
     if len(outputs) > 2:
         height, width = meta['ori_shape'][:2]
         masks = torch.as_tensor(np.asarray(outputs[2]))[0][keep]
-        pred.masks = paste_masks(masks, boxes, height, width)
+        paste = paste_probabilities if probabilities else paste_masks
+        pred.masks = paste(masks, boxes, height, width)
     return pred

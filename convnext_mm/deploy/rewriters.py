@@ -19,6 +19,8 @@ precedence over mmdeploy's default ones).
   (mmdeploy issue #1896); the released heads are class-specific, so each
   proposal is refined by the offsets of its top-scoring class, as mmdet's
   ``regress_by_class`` does.
+- Cascade masks: mmdeploy merges the stages' masks as the sigmoid of their
+  mean logit; mmdet averages their probabilities. Here as mmdet.
 - NMS: the forward of mmdeploy's NMS Function is kept out of the trace
   (torch 2.12's peephole pass fails on it).
 - LayerNorm: mmdeploy decomposes it at every opset; at 17 torch's own
@@ -257,6 +259,29 @@ def cascade_roi_head__predict_bbox(self, x, batch_img_metas,
         rois=rois[None], cls_scores=cls_scores[None],
         bbox_preds=bbox_pred[None], batch_img_metas=batch_img_metas,
         rcnn_test_cfg=rcnn_test_cfg, rescale=rescale)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    'mmdet.models.roi_heads.cascade_roi_head.CascadeRoIHead.predict_mask',
+    backend=BACKEND)
+def cascade_roi_head__predict_mask(self, x, batch_img_metas, results_list,
+                                   rescale=False):
+    """Each detection's mask probabilities in its box ([N, K, h, w], for
+    its class) as mmdet merges the stages: the mean of their sigmoids
+    (``merge_aug_masks``); the deployment pastes them."""
+    dets, labels = results_list
+    batch, num = dets.shape[:2]
+    index = torch.arange(batch, device=dets.device).float().view(
+        -1, 1, 1).expand(batch, num, 1)
+    rois = torch.cat([index, dets[..., :4]], dim=-1).view(-1, 5)
+    probs = sum(self._mask_forward(stage, x, rois)['mask_preds'].sigmoid()
+                for stage in range(self.num_stages)) / self.num_stages
+    if self.mask_head[-1].class_agnostic:
+        probs = probs[:, 0]
+    else:
+        probs = probs[torch.arange(probs.shape[0], device=probs.device),
+                      labels.view(-1)]
+    return dets, labels, probs.reshape(batch, num, *probs.shape[-2:])
 
 
 def _pooling_matrix(x, dim, out):

@@ -1,6 +1,6 @@
 """PyTorch against ONNX Runtime on the same pre-processed image: matched
-detections (class, box IoU, score, mask IoU) or agreeing pixel labels, and
-the CPU latency of each."""
+detections (class, box IoU, score, mask IoU and mask probabilities) or
+agreeing pixel labels, and the CPU latency of each."""
 import statistics
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
@@ -12,6 +12,9 @@ SCORE_THR = 0.05
 MIN_BOX_IOU = 0.99
 MAX_SCORE_DIFF = 1e-3
 MIN_MASK_IOU = 0.98
+# mmdet gives mask probabilities before the threshold as uint8, the
+# probability x 255 truncated: up to 1/255 below the probability
+MAX_MASK_PROB_DIFF = 0.01
 MIN_PIXEL_AGREEMENT = 0.999
 # equal scores: NMS keeps either of two overlapping boxes (torch's sort and
 # ONNX Runtime's order ties differently; two proposals that sample the same
@@ -52,6 +55,7 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.
 
@@ -62,7 +66,8 @@ def _detections(instances) -> dict:
                scores=instances.scores.cpu().numpy()[keep],
                labels=instances.labels.cpu().numpy()[keep])
     if 'masks' in instances:
-        out['masks'] = instances.masks.cpu().numpy()[keep].astype(bool)
+        masks = instances.masks.cpu().numpy()[keep]
+        out['masks'] = masks / 255. if masks.dtype == np.uint8 else masks
     return out
 
 
@@ -145,6 +150,23 @@ def compare_detections(torch_instances, onnx_instances,
         rows.append(Row('lowest mask IoU', f'{worst_mask:.4f}',
                         f'>= {MIN_MASK_IOU}', worst_mask >= MIN_MASK_IOU))
     return rows
+
+
+def compare_mask_probabilities(torch_instances, onnx_instances) -> Row:
+    """The largest difference between the mask probabilities (pasted in
+    the image, before the threshold) of matched detections: PyTorch's as
+    mmdet gives them with ``mask_thr_binary=-1``, ONNX Runtime's from
+    :func:`.postprocess.detections` with ``probabilities``. A merge of
+    masks other than mmdet's can keep the binary masks (and their IoU)
+    and still differ here."""
+    ref, other = _detections(torch_instances), _detections(onnx_instances)
+    worst = 0.
+    for i, j, iou in _match(ref, other):
+        if j is not None and iou >= MIN_BOX_IOU:
+            worst = max(worst, float(np.abs(ref['masks'][i] -
+                                            other['masks'][j]).max()))
+    return Row('largest mask probability difference', f'{worst:.4f}',
+               f'<= {MAX_MASK_PROB_DIFF}', worst <= MAX_MASK_PROB_DIFF)
 
 
 def compare_labels(torch_labels: torch.Tensor,

@@ -14,6 +14,7 @@ from ..checkpoints.saving import NO_SPACE, NoSpaceError
 from ..errors import user_errors
 from ..training import use_safe_checkpoints
 from .config import adapt_to_device, load_config
+from . import lock
 from .data import MODES, check_data
 from .preflight import check_checkpoint, check_model, check_resume
 
@@ -34,6 +35,14 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def add_lock_arg(parser: argparse.ArgumentParser) -> None:
+    """``--ignore-lock``, for tools that lock the work dir (training)."""
+    parser.add_argument('--ignore-lock', action='store_true',
+                        help='start even if the work dir\'s lock names '
+                        'another run (one of another host that has ended); '
+                        'two live runs would interleave their checkpoints')
 
 
 def check_work_dir(work_dir: str) -> None:
@@ -102,5 +111,13 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
                              training or args.allow_partial)
         del model
         check_work_dir(cfg.work_dir)
-    adapt_to_device(cfg)
-    return build_runner(cfg)
+        locks = training and lock.global_rank(args.launcher) == 0
+        if locks:
+            lock.acquire(cfg.work_dir, getattr(args, 'ignore_lock', False))
+    try:
+        adapt_to_device(cfg)
+        return build_runner(cfg)
+    except BaseException:
+        if locks:
+            lock.release(cfg.work_dir)
+        raise

@@ -15,8 +15,9 @@ the same arguments and keeps the same files, in this order:
    best) removed.
 
 A killed run may thus leave one checkpoint too many (removed when the run
-resumes, see :meth:`SafeCheckpointHook.before_train`) and a ``*.partial``
-temporary file (removed then too), never too few. Removals and the marker
+resumes, see :meth:`SafeCheckpointHook.before_train`: of best checkpoints
+the newest complete one per metric stays) and a ``*.partial`` temporary
+file (removed then too), never too few. Removals and the marker
 happen on the main process only, as in mmengine, so distributed runs behave
 the same. A remote ``out_dir`` (``s3://`` ...) or user ``backend_args`` keep
 mmengine's behaviour, said in the log.
@@ -34,7 +35,9 @@ from typing import List
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 
+from ..checkpoints import safe_torch_load
 from ..checkpoints.saving import partial_of
+from ..checkpoints.torch_file import is_complete
 from ..registry import HOOKS
 from . import atomic_backend
 from .resume import step_pattern
@@ -115,12 +118,70 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.put_text(
                     osp.join(self.out_dir,
                              self.filename_tmpl.format(max(kept))), marker)
+        stale += self._tidy_best(runner, names)
         for name in stale:
             path = osp.join(self.out_dir, name)
             if osp.isfile(path):
                 os.remove(path)
                 runner.logger.info(f'removed {path}, left by a run that '
                                    'was stopped while saving')
+
+    def _best_files(self, names: List[str]) -> dict:
+        """The complete best checkpoints among ``names``, by the metric in
+        their name (mmengine's ``best_{metric}_{checkpoint name}``):
+        ``{metric: [(step, name), ...]}``, newest last."""
+        pattern, found = step_pattern(self.filename_tmpl), {}
+        for name in names:
+            if not name.startswith('best_'):
+                continue
+            for cut in range(5, len(name)):
+                step = name[cut] == '_' and pattern.match(name[cut + 1:])
+                if step:
+                    if is_complete(osp.join(self.out_dir, name)):
+                        found.setdefault(name[5:cut], []).append(
+                            (int(step.group(1)), name))
+                    break
+        return {key: sorted(files) for key, files in found.items()}
+
+    def _tidy_best(self, runner, names: List[str]) -> List[str]:
+        """One best checkpoint per metric, the newest complete: a run killed
+        after writing a new best, before the checkpoint that records it,
+        resumes believing in the previous one. The hook and the message hub
+        are pointed at the newest (its path and its score, read from the
+        file); the names of the others are returned, to be removed."""
+        if self.save_best is None:
+            return []
+        stale = []
+        for key, files in self._best_files(names).items():
+            if len(files) < 2:
+                continue
+            newest = osp.join(self.out_dir, files[-1][1])
+            if self._adopt_best(runner, key, newest):
+                stale += [name for _, name in files[:-1]]
+        return stale
+
+    def _adopt_best(self, runner, key: str, path: str) -> bool:
+        """Make ``path`` the hook's best checkpoint of metric ``key`` (as
+        in file names: ``/`` is ``_``), with the score it was saved for;
+        False if its score cannot be read (then nothing changes)."""
+        indicators = [k for k in self.key_indicators
+                      if k.replace('/', '_') == key]
+        single = len(self.key_indicators) == 1
+        suffix = '' if single else f'_{indicators[0]}' if indicators else None
+        if suffix is None:
+            return False
+        try:
+            info = safe_torch_load(path)['message_hub']['runtime_info']
+            score = float(info[f'best_score{suffix}'])
+        except Exception:  # noqa: BLE001  any unreadable file: keep all
+            return False
+        runner.message_hub.update_info(f'best_score{suffix}', score)
+        runner.message_hub.update_info(f'best_ckpt{suffix}', path)
+        if single:
+            self.best_ckpt_path = path
+        else:
+            self.best_ckpt_path_dict[indicators[0]] = path
+        return True
 
     @contextmanager
     def _removals_after_saves(self):
