@@ -12,8 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import convnext_mm  # noqa: F401
 from convnext_mm.checkpoints import DownloadError
@@ -664,6 +666,22 @@ def test_ade20k_image_without_label_map_and_class_lists(tmp_path, capsys):
     check_data(cfg, ['train', 'val'], 'full')
     labels = Path(data['data_root']) / 'annotations' / 'training'
     gone, empty = sorted(labels.iterdir())[:2]
+    # class indices: 0..N with reduce_zero_label (0 ignored), 255 ignored
+    count = len(cfg.train_dataloader.dataset.metainfo['classes']) + 1
+    kept = np.array(Image.open(gone))
+    for value, ok in ((count - 1, True), (255, True), (count, False)):
+        wrong = kept.copy()
+        wrong[0, :3] = value
+        Image.fromarray(wrong).save(gone)
+        if ok:
+            check_data(cfg, ['train'])
+        else:
+            with pytest.raises(ValueError, match=(
+                    f'label map {gone} holds class index {count}; the values '
+                    f'must be 0..{count - 1} for {count - 1} classes with '
+                    r'reduce_zero_label \(0 is ignored\), or 255')):
+                check_data(cfg, ['train'])
+    Image.fromarray(kept).save(gone)
     empty.write_bytes(b'')  # a zero-byte label map: one line, no traceback
     with pytest.raises(ValueError, match=f'{empty} is not an image'):
         check_data(cfg, ['train'])

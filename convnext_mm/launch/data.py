@@ -14,7 +14,9 @@ Checked for every dataset a run reads (wrappers unwrapped):
   keeps (how many it drops is logged), and the config's class names are
   categories of the file (else how to set ``metainfo``);
 - ADE20K-format data (mmseg): every image has its label map, of its size,
-  single-channel 8-bit;
+  single-channel 8-bit, holding only class indices of the dataset's
+  classes or the ignore index (the first ``LABEL_SAMPLE`` label maps are
+  decoded; ``full``: all);
 - class-list annotations (mmpretrain ``ann_file``): every listed image
   exists.
 
@@ -36,6 +38,9 @@ from mmengine.registry import DATASETS
 from PIL import Image
 
 MODES = ('quick', 'full', 'off')
+# label maps whose values the quick check decodes (about 2 ms each): a
+# dataset of other classes shows in its first ones
+LABEL_SAMPLE = 16
 
 
 def _datasets(cfg_dataset):
@@ -321,9 +326,9 @@ def check_label_maps(dataset, where: str, cls=None,
                              defaults.get('img_suffix', '.jpg'))
     seg_suffix = dataset.get('seg_map_suffix',
                              defaults.get('seg_map_suffix', '.png'))
-    for name in sorted(os.listdir(img_dir)):
-        if not name.endswith(img_suffix):
-            continue
+    valid = _label_values(dataset, cls, defaults)
+    names = [n for n in sorted(os.listdir(img_dir)) if n.endswith(img_suffix)]
+    for index, name in enumerate(names):
         stem = name[:-len(img_suffix)]
         label_path = osp.join(seg_dir, stem + seg_suffix)
         if not osp.isfile(label_path):
@@ -343,3 +348,34 @@ def check_label_maps(dataset, where: str, cls=None,
                 f'{where}: label map {label_path} is {label_size[0]}x'
                 f'{label_size[1]} but its image {name} is {size[0]}x'
                 f"{size[1]}; a label map must have its image's size")
+        if full or index < LABEL_SAMPLE:
+            _check_label_values(label_path, where, valid)
+
+
+def _label_values(dataset, cls, defaults) -> Tuple[int, str, int]:
+    """The values a label map may hold: those below ``count`` and
+    ``ignore``; ``(count, what, ignore)``, ``what`` saying so."""
+    classes = len(_classes(dataset, cls))
+    reduce_zero = dataset.get('reduce_zero_label',
+                              defaults.get('reduce_zero_label', False))
+    ignore = dataset.get('ignore_index', 255)
+    # reduce_zero_label: 0 ("other") is ignored, v is class v - 1
+    count = classes + 1 if reduce_zero and classes else classes
+    what = (f'0..{count - 1} for {classes} classes'
+            f'{" with reduce_zero_label (0 is ignored)" if reduce_zero else ""}'
+            f', or {ignore} (ignored)')
+    return count, what, ignore
+
+
+def _check_label_values(path: str, where: str, valid) -> None:
+    count, what, ignore = valid
+    with Image.open(path) as img:
+        histogram = img.histogram()[:256]
+    wrong = [v for v, n in enumerate(histogram)
+             if n and v >= count and v != ignore]
+    if wrong and count:  # (no class list: nothing to check against)
+        raise ValueError(
+            f'{where}: label map {path} holds class index '
+            f'{", ".join(map(str, wrong[:5]))}; the values must be {what} '
+            '(a label map of another dataset, or the classes in metainfo '
+            'do not match it)')
