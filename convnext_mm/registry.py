@@ -8,6 +8,7 @@ from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import \
     OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import Registry
 
 MODELS = Registry(
@@ -22,6 +23,8 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     locations=['convnext_mm.optim'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='convnext_mm',
                  locations=['convnext_mm.training'])
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='convnext_mm',
+                   locations=['convnext_mm.launch'])
 
 
 def register_everywhere(scoped, root, name):

@@ -331,6 +331,31 @@ def test_a_work_dir_that_cannot_be_written_is_one_line(
     assert not work.exists()
 
 
+def test_our_runner_checks_before_testing_when_other_code_builds_it(
+        seg_config, capsys, tmp_path):
+    """Built by code other than a library's train/test script (here: this
+    process), our configs' runner checks at the start of ``test()``: a
+    checkpoint of another model is one line before the test loop."""
+    from mmengine.config import Config
+    from mmengine.registry import RUNNERS
+    cfg = Config.fromfile(str(seg_config))
+    assert cfg.runner_type == 'convnext_mm.PreflightRunner'
+    ckpt = tmp_path / 'backbone_only.pth'
+    backbone = ConvNeXt(**{k: v for k, v in cfg.model.backbone.items()
+                           if k not in ('type', 'init_cfg')})
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
+                               backbone.state_dict().items()}}, ckpt)
+    cfg.load_from, cfg.work_dir = str(ckpt), str(tmp_path / 'work')
+    runner = RUNNERS.build(cfg)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        runner.test()
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('error: ') and str(ckpt) in line, line
+    assert 'allow_partial=True' in line, line
+
+
 def _lock_of(work, **owner):
     work.mkdir(parents=True, exist_ok=True)
     (work / 'iter_4.pth').write_bytes(b'the first run\'s checkpoint')

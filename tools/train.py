@@ -50,10 +50,8 @@ def main(argv=None):
         elif args.resume is not None:
             cfg.resume, cfg.load_from = True, args.resume
 
-    def splits(cfg):
-        return ['train'] + (['val'] if cfg.get('val_cfg') else [])
-
-    runner = launch.prepare_runner(args, splits, adjust, training=True)
+    runner = launch.prepare_runner(args, launch.STAGE_SPLITS['train'],
+                                   adjust, training=True)
     with launch.lock.holding(runner.work_dir), checkpoint_errors():
         runner.train()
 

@@ -9,6 +9,8 @@ _base_ = [
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
 # checkpoints written whole, old ones removed only after their successor
 default_hooks = dict(checkpoint=dict(type='convnext_mm.SafeCheckpointHook'))
+# our pre-flight (data, model, checkpoints) in mmdet's/mmseg's/mim's tools too
+runner_type = 'convnext_mm.PreflightRunner'
 
 short_sides = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 train_pipeline = [

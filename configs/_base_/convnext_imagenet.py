@@ -11,6 +11,8 @@ _base_ = [
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
 # checkpoints written whole, old ones removed only after their successor
 default_hooks = dict(checkpoint=dict(type='convnext_mm.SafeCheckpointHook'))
+# our pre-flight (data, model, checkpoints) in mmdet's/mmseg's/mim's tools too
+runner_type = 'convnext_mm.PreflightRunner'
 
 model = dict(
     type='ImageClassifier',

@@ -3,15 +3,16 @@ after every pre-flight check has passed."""
 import argparse
 import os
 import os.path as osp
+import sys
 import tempfile
 from typing import Callable, List
 
 from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..checkpoints.saving import NO_SPACE, NoSpaceError
 from ..errors import user_errors
+from ..registry import RUNNERS
 from ..training import use_safe_checkpoints
 from .config import adapt_to_device, load_config
 from . import lock
@@ -71,11 +72,121 @@ def check_work_dir(work_dir: str) -> None:
             '--work-dir a folder you can write to') from None
 
 
+def preflight(cfg: Config, splits: List[str], training: bool,
+              data: str = 'quick', allow_partial: bool = False,
+              partial_option: str = '--allow-partial',
+              ignore_lock: bool = False) -> bool:
+    """The checks before a run of ``cfg`` (its work dir and launcher set):
+    the data of ``splits`` (``data``: quick, full or off), the model, the
+    checkpoint it resumes from or loads (a test, not ``training``, refuses
+    one that leaves parts of the model without weights unless
+    ``allow_partial``, naming ``partial_option``), the work dir; a training
+    run's rank 0 then holds the work dir's lock (:mod:`.lock`): True if
+    this process took it. ``cfg`` gets the resume choice."""
+    check_data(cfg, splits, data)
+    model = check_model(cfg, training)
+    if cfg.get('resume'):
+        check_resume(cfg, model)
+    elif cfg.get('load_from'):
+        # fine-tuning may start from another task's model; a test may
+        # not run on random heads unless told so
+        check_checkpoint(model, cfg.load_from, training or allow_partial,
+                         partial_option)
+    del model
+    check_work_dir(cfg.work_dir)
+    locks = training and lock.global_rank(cfg.get('launcher', 'none')) == 0
+    if locks:
+        lock.acquire(cfg.work_dir, ignore_lock)
+    return locks
+
+
+# how our base configs name PreflightRunner
+PREFLIGHT_RUNNER = 'convnext_mm.PreflightRunner'
+# the libraries' own tools (``mim train``/``mim test`` run them) by file
+# name, and the stage each runs
+TOOL_STAGES = {'train.py': 'train', 'test.py': 'test'}
+STAGE_SPLITS = {'train': lambda cfg: ['train'] + (
+    ['val'] if cfg.get('val_cfg') else []), 'val': lambda cfg: ['val'],
+                'test': lambda cfg: ['test']}
+
+
+@RUNNERS.register_module()
+class PreflightRunner(Runner):
+    """mmengine's ``Runner``, preceded by our pre-flight (:func:`preflight`)
+    when the libraries' own tools build it: mmdet's, mmseg's and
+    mmpretrain's ``tools/train.py`` and ``tools/test.py``, and ``mim
+    train``/``mim test`` through them, build the ``runner_type`` a config
+    names, and our base configs name this one.
+
+    Run as one of those tools (the stage known from its file name), the
+    checks come before the runner is built and bad input is one ``error:``
+    line (exit code 2) before any log; built by other code, they come at
+    the start of :meth:`train`, :meth:`val` or :meth:`test`. A test refuses
+    a checkpoint that leaves parts of the model without weights unless the
+    config says ``allow_partial=True``. A training run holds the work dir's
+    lock to its end. Our own tools check first and build a plain
+    ``Runner`` (:func:`build_runner`)."""
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'PreflightRunner':
+        stage = TOOL_STAGES.get(osp.basename(sys.argv[0]))
+        locked = stage is not None and _checked(cfg, stage)
+        try:
+            runner = super().from_cfg(cfg)
+        except BaseException:
+            if locked:
+                lock.release(cfg.work_dir)
+            raise
+        runner._checked, runner._locked = stage, locked
+        return runner
+
+    def _check(self, stage: str) -> None:
+        if getattr(self, '_checked', None) == stage:
+            return
+        self._locked = _checked(self.cfg, stage)
+        self._checked = stage
+        self._load_from = self.cfg.get('load_from')
+        self._resume = bool(self.cfg.get('resume'))
+
+    def train(self):
+        self._check('train')
+        try:
+            return super().train()
+        finally:
+            if self._locked:
+                lock.release(self.cfg.work_dir)
+
+    def val(self):
+        self._check('val')
+        return super().val()
+
+    def test(self):
+        self._check('test')
+        return super().test()
+
+
+def _checked(cfg: Config, stage: str) -> bool:
+    """:func:`preflight` for ``stage`` with one ``error:`` line on bad
+    input; whether this process took the work dir's lock."""
+    with user_errors():
+        if stage == 'train':
+            use_safe_checkpoints(cfg)
+        locked = preflight(
+            cfg, STAGE_SPLITS[stage](cfg), stage == 'train',
+            allow_partial=bool(cfg.get('allow_partial')),
+            partial_option='--cfg-options allow_partial=True')
+    adapt_to_device(cfg)
+    return locked
+
+
 def build_runner(cfg: Config):
-    """A runner from the config, as the libraries' own tools build it."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    """A runner from the config, as the libraries' own tools build it, after
+    our pre-flight has passed: :class:`PreflightRunner` is built as the
+    plain ``Runner``."""
+    runner_type = cfg.get('runner_type')
+    if runner_type in (None, PREFLIGHT_RUNNER, PreflightRunner):
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
 
 
 def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
@@ -89,7 +200,9 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
     False) refuses a checkpoint that leaves parts of the model without
     weights unless ``args.allow_partial``. Bad input (the config, its
     model, data, checkpoints) ends the process with one ``error: ...`` line
-    and exit code 2 before the runner starts.
+    and exit code 2 before the runner starts. A training run holds the work
+    dir's lock (:mod:`.lock`) from here; the tool releases it at its end
+    with ``lock.holding``.
     """
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     with user_errors():
@@ -100,20 +213,9 @@ def prepare_runner(args: argparse.Namespace, splits: Callable[[Config],
             use_safe_checkpoints(cfg)
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
             'work_dirs', osp.splitext(osp.basename(args.config))[0])
-        check_data(cfg, splits(cfg), args.check_data)
-        model = check_model(cfg, training)
-        if cfg.get('resume'):
-            check_resume(cfg, model)
-        elif cfg.get('load_from'):
-            # fine-tuning may start from another task's model; a test may
-            # not run on random heads unless --allow-partial says so
-            check_checkpoint(model, cfg.load_from,
-                             training or args.allow_partial)
-        del model
-        check_work_dir(cfg.work_dir)
-        locks = training and lock.global_rank(args.launcher) == 0
-        if locks:
-            lock.acquire(cfg.work_dir, getattr(args, 'ignore_lock', False))
+        locks = preflight(cfg, splits(cfg), training, args.check_data,
+                          getattr(args, 'allow_partial', False),
+                          ignore_lock=getattr(args, 'ignore_lock', False))
     try:
         adapt_to_device(cfg)
         return build_runner(cfg)
