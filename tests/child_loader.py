@@ -51,10 +51,12 @@ _LEAVES = (str, bytes, bytearray, int, float, bool, type(None), torch.Tensor,
 
 def _plain(value) -> str:
     """'' if ``value`` is plain data, else what is not."""
-    todo, seen = [value], 0
+    todo, seen = [value], set()
     while todo:
         node = todo.pop()
-        seen += 1
+        if id(node) in seen:  # each shared object once
+            continue
+        seen.add(id(node))
         if isinstance(node, dict):
             todo.extend(node.keys())
             todo.extend(node.values())

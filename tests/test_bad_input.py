@@ -2,6 +2,7 @@
 any long work, and nothing lost or left behind."""
 import errno
 import http.server
+import io
 import json
 import os
 import socket
@@ -24,7 +25,8 @@ from convnext_mm.launch import lock
 from convnext_mm.models import ConvNeXt
 from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
-from tool_utils import ROOT, dumped, needs_mmdeploy, run_tool, tool_main
+from tool_utils import (ROOT, as_a_new_process, dumped, needs_mmdeploy,
+                        run_tool, tool_main)
 
 # --- weights ----------------------------------------------------------------
 
@@ -96,6 +98,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(4)
         if self.path in ('/slow.pth', '/endless.pth', '/badchunk.pth'):
             return self.misbehave()
+        if self.path == '/slowheaders.pth':
+            # a header line at a byte every 0.2 s: every read is in time
+            self.wfile.write(b'HTTP/1.0 200 OK\r\nX-Pad: ')
+            try:
+                for _ in range(200):
+                    self.wfile.write(b'a')
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            return
+        if self.path.startswith('/redirect/'):
+            hop = int(self.path.rsplit('/', 1)[1].split('.')[0])
+            time.sleep(0.4)
+            self.send_response(302)
+            self.send_header('Location', f'/redirect/{hop + 1}')
+            self.end_headers()
+            return
         body = self.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -184,6 +204,8 @@ def test_silent_server_times_out_and_leaves_nothing(server, tmp_path,
 
 @pytest.mark.parametrize('name,setting,match', [
     ('slow', ('DEADLINE', '1.5'), 'passed its deadline of 1.5 s'),
+    ('slowheaders', ('DEADLINE', '1.5'), 'passed its deadline of 1.5 s'),
+    ('redirect/0', ('DEADLINE', '1.5'), 'passed its deadline of 1.5 s'),
     ('endless', ('MAX_MB', '2'), 'passed the cap of 2,097,152 bytes'),
     ('badchunk', None, 'broke off: IncompleteRead|broke off: '),
 ])
@@ -197,6 +219,15 @@ def test_misbehaving_servers_leave_nothing_in_the_cache(
     assert '\n' not in str(err.value)
     assert time.perf_counter() - start < 10
     assert os.listdir(tmp_path) == []
+
+
+def test_a_url_of_a_long_file_name_is_cached_under_a_short_one(server,
+                                                              tmp_path):
+    name = 'w' * 300
+    _Handler.files = {f'/{name}.pth': _bytes_of({'x': torch.ones(1)})}
+    path = cached_download(f'{server}/{name}.pth', model_dir=tmp_path)
+    assert path.endswith('ww.pth') and len(os.path.basename(path)) == 13 + 120
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
 
 
 def test_download_settings_are_checked(server, tmp_path, monkeypatch):
@@ -332,7 +363,7 @@ def test_a_work_dir_that_cannot_be_written_is_one_line(
 
 
 def test_our_runner_checks_before_testing_when_other_code_builds_it(
-        seg_config, capsys, tmp_path):
+        seg_config, tmp_path):
     """Built by code other than a library's train/test script (here: this
     process), our configs' runner checks at the start of ``test()``: a
     checkpoint of another model is one line before the test loop."""
@@ -346,12 +377,11 @@ def test_our_runner_checks_before_testing_when_other_code_builds_it(
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in
                                backbone.state_dict().items()}}, ckpt)
     cfg.load_from, cfg.work_dir = str(ckpt), str(tmp_path / 'work')
-    runner = RUNNERS.build(cfg)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        runner.test()
+    out = io.StringIO()
+    with as_a_new_process(out), pytest.raises(SystemExit) as exit_:
+        RUNNERS.build(cfg).test()
     assert exit_.value.code == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith('error: ') and str(ckpt) in line, line
     assert 'allow_partial=True' in line, line
 

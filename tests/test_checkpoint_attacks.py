@@ -314,3 +314,145 @@ def test_tensors_cannot_reach_past_their_storage(tmp_path):
                                            storages={'0': bytes(16)}))
         with pytest.raises(UnsafeCheckpointError, match='storage|strides'):
             safe_torch_load(path)
+
+
+def _shared_levels(levels, width, kind=list):
+    """``levels`` containers each holding the one below ``width`` times:
+    a few hundred bytes whose tree has width**levels leaves."""
+    value = kind([0])
+    for _ in range(levels):
+        value = kind([value] * width)
+    return value
+
+
+def test_shared_references_are_walked_once(child_loader, tmp_path):
+    """Lists 26 levels deep, each level referencing the previous three
+    times (3**26 paths: hours for a walk that follows each), load in the
+    child's 20 s; a tuple key built the same way, whose hash alone would
+    visit 2**26 values, is refused before hashing."""
+    lists = write(tmp_path, C.saved({'x': _shared_levels(26, 3)}), 'l.pth')
+    for how in PATHS:
+        result = child_loader.load(lists, how)
+        assert result['status'] in ('loaded', 'refused'), (how, result)
+        if result['status'] == 'refused':  # not a state dict, in one line
+            assert 'nest' not in result['message'], result
+    key = write(tmp_path, C.saved({_shared_levels(26, 2, tuple): 1}),
+                'k.pth')
+    refused_in_children(child_loader, key, 'hashing its dict keys')
+
+
+def _legacy_announcing(nbytes: int) -> bytes:
+    """A legacy file whose one tensor's storage announces ``nbytes`` (as
+    float32 elements) and holds 16."""
+    out = io.BytesIO()
+    torch.save({'w': torch.zeros(4)}, out,
+               _use_new_zipfile_serialization=False)
+    data = out.getvalue()
+    at = data.index(b'cpu') + 5  # BININT1 4: the storage's numel
+    assert data[at:at + 2] == b'K\x04'
+    return data[:at] + P.BININT + struct.pack('<i', nbytes // 4) + \
+        data[at + 2:]
+
+
+def _zip_record_announcing(nbytes: int) -> bytes:
+    """A zip checkpoint whose stored storage record announces ``nbytes``
+    in its headers and holds 16."""
+    data = bytearray(C.torch_zip(
+        C.program(C.glob('collections', 'OrderedDict') + P.EMPTY_TUPLE +
+                  P.REDUCE), storages={'0': bytes(16)}))
+    for signature, size_at, name_at in ((b'PK\x03\x04', 22, 26),
+                                        (b'PK\x01\x02', 24, 28)):
+        at = -1
+        while True:
+            at = data.index(signature, at + 1)
+            length = struct.unpack('<H', data[at + name_at:at + name_at + 2])
+            start = at + (30 if signature == b'PK\x03\x04' else 46)
+            if data[start:start + length[0]] == b'archive/data/0':
+                data[at + size_at:at + size_at + 4] = struct.pack('<L', nbytes)
+                break
+    return bytes(data)
+
+
+def test_nothing_is_allocated_before_the_bytes_exist(tmp_path):
+    """A 368-byte legacy file announcing a 1 GiB storage and a zip whose
+    stored record claims 2 GiB are refused with no allocation of that
+    size (today's peak: the file's size)."""
+    import tracemalloc
+    for name, data, match in (
+            ('legacy.pth', _legacy_announcing(1 << 30), 'announce'),
+            ('zip.pth', _zip_record_announcing(1 << 31), 'announces')):
+        path = write(tmp_path, data, name)
+        tracemalloc.start()
+        try:
+            with pytest.raises(CheckpointFileError, match=match):
+                safe_torch_load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20, (name, peak)
+
+
+def test_json_nesting_is_checked_in_constant_memory():
+    """The nesting check over a 10 MiB safetensors-like header keeps a
+    count, not a copy (it cost ~120 bytes per header byte)."""
+    import tracemalloc
+    from convnext_mm.checkpoints.safe_load import _check_nesting
+    header = json.dumps({f'blocks.{i}.weight': {
+        'dtype': 'F32', 'shape': [3, 3], 'data_offsets': [0, 36]}
+        for i in range(110_000)})
+    tracemalloc.start()
+    try:
+        _check_nesting(header, 'header')
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    for text, deep in (('[' * 33 + ']' * 33, True), ('"' + '[' * 40 + '"', False),
+                       ('["\\"' + '[' * 40 + '"]', False)):
+        if deep:
+            with pytest.raises(CheckpointFileError, match='nests more than'):
+                _check_nesting(text, 'header')
+        else:
+            _check_nesting(text, 'header')
+
+
+def _rebuilt(entry: bytes, args: bytes) -> bytes:
+    return C.program(C.dict_of(C.text('x'), entry + args + P.REDUCE))
+
+
+@pytest.mark.parametrize('body,match', [
+    (_rebuilt(C.glob('torch', 'device'), C.text('abcd') + P.TUPLE1),
+     'not a device type'),
+    (_rebuilt(C.glob('torch', 'device'),
+              C.text('cuda') + P.BININT + struct.pack('<i', -1) + P.TUPLE2),
+     'torch.device index -1'),
+    (_rebuilt(C.glob('torch', 'device'), C.text('cuda:300') + P.TUPLE1),
+     'torch.device index 300'),
+    (_rebuilt(C.glob('torch._utils', '_rebuild_meta_tensor_no_storage'),
+              C.glob('torch', 'float32') + C.long1(1 << 61) +
+              C.long1(1 << 61) + P.TUPLE2 + P.BININT1 + b'\x01' +
+              P.BININT1 + b'\x01' + P.TUPLE2 + P.TUPLE3), 'meta tensor'),
+    (C.program(C.glob('collections', 'OrderedDict') + P.EMPTY_TUPLE +
+               P.REDUCE + P.BININT1 + b'\x07' + P.BUILD),
+     'BUILD .setting state. on an OrderedDict'),
+], ids=['device-type', 'device-index', 'device-index-in-name',
+        'meta-sizes-overflow', 'build-on-ordereddict'])
+def test_odd_values_are_one_line_naming_the_file(tmp_path, body, match):
+    path = write(tmp_path, C.torch_zip(body))
+    with pytest.raises(UnsafeCheckpointError, match=match) as err:
+        safe_torch_load(path)
+    message = str(err.value)
+    assert str(path) in message and '\n' not in message, message
+
+
+def test_a_record_name_with_a_nul_byte_is_refused(tmp_path):
+    """zipfile cuts a name at NUL, torch's reader does not: they would
+    read different records."""
+    data = bytearray(C.saved({'w': torch.ones(2)}))
+    name = b'archive/data/0'
+    for _ in range(2):  # local header and directory entry
+        at = data.index(name)
+        data[at + len(name) - 1:at + len(name)] = b'\x00'
+    path = write(tmp_path, bytes(data))
+    with pytest.raises(CheckpointFileError, match='NUL byte'):
+        safe_torch_load(path)

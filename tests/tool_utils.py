@@ -59,7 +59,7 @@ def _managers(cls=ManagerMixin):
 
 
 @contextlib.contextmanager
-def _as_a_new_process(out):
+def as_a_new_process(out):
     """Send what the code inside prints to ``out``; afterwards put back
     what an mmengine run changes in its process: the working folder, the
     environment, torch's deterministic mode and threads, warning filters,
@@ -101,7 +101,7 @@ def run_tool(tool, *args, check=True):
     """Run ``tools/<tool>`` with ``args`` in this process, as its command
     line would; return (exit status, everything it printed)."""
     out = io.StringIO()
-    with _as_a_new_process(out):
+    with as_a_new_process(out):
         try:
             tool_main(tool)([str(a) for a in args])
             code = 0

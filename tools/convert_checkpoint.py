@@ -2,7 +2,7 @@
 """Convert a ConvNeXt checkpoint of any known layout to convnext_mm's, offline.
 
     python tools/convert_checkpoint.py SRC DST [--format pth|safetensors]
-                                       [--force]
+                                       [--force] [--trusted]
 
 SRC may be the authors' classification or detection/segmentation release
 (V1 or V2), an mmpretrain/mmcls, timm, torchvision or Hugging Face
@@ -21,7 +21,10 @@ its backbone.
 
 SRC is read as untrusted input (see convnext_mm.checkpoints.safe_load) and
 its weights are checked (no NaN/Inf, integer or meta tensors) before DST is
-written; DST appears only when complete.
+written; DST appears only when complete. ``--trusted`` reads a file the safe
+reader refuses (torch's legacy ``.tar`` format, objects of other classes)
+with ``torch.load(weights_only=False)``, which runs the file's pickle: only
+for a file you made or vouch for; DST is then a file every tool reads.
 """
 from pathlib import Path
 
@@ -40,13 +43,16 @@ from convnext_mm.errors import user_errors  # noqa: E402
 
 
 def convert(src: str, dst: Path, force: bool = False,
-            fmt: str = None) -> None:
+            fmt: str = None, trusted: bool = False) -> None:
     if dst.is_dir():
         raise IsADirectoryError(f'{dst} is a directory; give the output '
                                 f'file path, e.g. {dst}/converted.pth')
     if dst.exists() and not force:
         raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
-    checkpoint = read_checkpoint(src)  # its errors name the file
+    if trusted:  # the user vouches for SRC: its pickle runs
+        checkpoint = torch.load(src, map_location='cpu', weights_only=False)
+    else:
+        checkpoint = read_checkpoint(src)  # its errors name the file
     try:
         state, dropped, layout = to_convnext_mm(checkpoint)
     except ValueError as err:
@@ -88,9 +94,14 @@ def main(argv=None):
                         'of DST, .safetensors or else pth)')
     parser.add_argument('--force', action='store_true',
                         help='overwrite DST if it exists')
+    parser.add_argument('--trusted', action='store_true',
+                        help='read SRC with torch.load(weights_only=False), '
+                        'which runs its pickle: only for a file you trust '
+                        'that the safe reader refuses')
     args = parser.parse_args(argv)
     with user_errors():
-        convert(args.src, Path(args.dst), args.force, args.format)
+        convert(args.src, Path(args.dst), args.force, args.format,
+                args.trusted)
 
 
 if __name__ == '__main__':

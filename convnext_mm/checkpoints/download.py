@@ -8,8 +8,10 @@
   download leaves nothing behind, and a half-written file is never read.
 - Three bounds, each set by an environment variable: connecting and every
   read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``, 60 s), the whole download
-  has a deadline (``CONVNEXT_MM_DOWNLOAD_DEADLINE``, 7200 s: a server sending
-  a byte a second never times a read out), and a size cap
+  - connecting, each redirect, the headers and the body - has a deadline
+  (``CONVNEXT_MM_DOWNLOAD_DEADLINE``, 7200 s: a server sending a byte a
+  second never times a read out; a watchdog shuts the connections down when
+  it passes), and a size cap
   (``CONVNEXT_MM_DOWNLOAD_MAX_MB``, 8192 MiB, above every ConvNeXt
   checkpoint), checked against the announced length first.
 - Progress is shown for files over 64 MiB: a bar on a terminal, a log line
@@ -23,7 +25,8 @@ import http.client
 import os
 import os.path as osp
 import re
-import time
+import socket
+import threading
 import urllib.error
 import urllib.request
 from typing import Optional
@@ -62,16 +65,68 @@ def _offline_hint(url: str) -> str:
             'checkpoint=\'/path/to/file\') or load_from=\'/path/to/file\'')
 
 
+# of the URL's file name in the cache's (file systems allow 255 bytes, and
+# the temporary name adds to it)
+MAX_NAME = 120
+
+
 def _url_name(url: str) -> str:
     return osp.basename(url.split('?')[0].split('#')[0])
 
 
 def cache_path(url: str, model_dir: Optional[str] = None) -> str:
-    """Where ``url`` is cached: ``<model_dir>/<sha256(url)[:12]>-<name>``."""
+    """Where ``url`` is cached: ``<model_dir>/<sha256(url)[:12]>-<name>``,
+    the name's end kept when it is long (its extension, and a hash in it)."""
     import torch
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     key = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return osp.join(model_dir, f'{key}-{_url_name(url) or "checkpoint.pth"}')
+    name = _url_name(url) or 'checkpoint.pth'
+    while len(name.encode()) > MAX_NAME:
+        name = name[1:]
+    return osp.join(model_dir, f'{key}-{name}')
+
+
+class _Watchdog:
+    """Shuts down every connection the download opened once its deadline
+    passes, whatever the connection is waiting for (the connect, a
+    redirect's headers, the body): a blocked read then fails at once."""
+
+    def __init__(self, seconds: float):
+        self.connections, self.fired = [], False
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def fire(self):
+        self.fired = True
+        for connection in list(self.connections):
+            sock = getattr(connection, 'sock', None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def opener(self):
+        """A urllib opener whose connections the watchdog knows."""
+        watched = self.connections
+
+        def tracked(cls):
+            class Tracked(cls):
+                def connect(self):
+                    watched.append(self)
+                    super().connect()
+            return Tracked
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(tracked(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(tracked(http.client.HTTPSConnection), req,
+                                    context=self._context)
+
+        return urllib.request.build_opener(HTTP(), HTTPS())
 
 
 def download(url: str, dst: str, timeout: Optional[float] = None,
@@ -83,13 +138,28 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
     """
     timeout = timeout or _setting('timeout')
     allowed = _setting('deadline')
-    deadline = time.monotonic() + allowed
     cap = int(_setting('max_mb') * (1 << 20))
     expected = _HASH_IN_NAME.search(_url_name(url))
+    watchdog = _Watchdog(allowed)
+    watchdog.timer.start()
+    try:
+        _fetch(url, dst, timeout, cap, expected, progress, watchdog)
+    except DownloadError:
+        if watchdog.fired:
+            raise DownloadError(
+                f'download of {url} passed its deadline of {allowed:g} s '
+                '(CONVNEXT_MM_DOWNLOAD_DEADLINE); nothing was kept. '
+                f'{_offline_hint(url)}') from None
+        raise
+    finally:
+        watchdog.timer.cancel()
+
+
+def _fetch(url, dst, timeout, cap, expected, progress, watchdog) -> None:
     digest = hashlib.sha256()
     with atomic_file(dst) as out:
         try:
-            response = urllib.request.urlopen(url, timeout=timeout)
+            response = watchdog.opener().open(url, timeout=timeout)
         except (urllib.error.URLError, OSError, ValueError,
                 http.client.HTTPException) as err:
             reason = getattr(err, 'reason', err)
@@ -126,13 +196,11 @@ def download(url: str, dst: str, timeout: Optional[float] = None,
                     raise DownloadError(
                         f'download of {url} passed the cap of {cap:,} bytes '
                         '(CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing was kept')
-                if time.monotonic() > deadline:
-                    raise DownloadError(
-                        f'download of {url} passed its deadline of '
-                        f'{allowed:g} s after {out.tell():,} '
-                        'bytes (CONVNEXT_MM_DOWNLOAD_DEADLINE); nothing was '
-                        f'kept. {_offline_hint(url)}')
+                if watchdog.fired:
+                    raise DownloadError(f'download of {url}: deadline')
             bar(None)
+        if watchdog.fired:
+            raise DownloadError(f'download of {url}: deadline')
         if total and out.tell() != total:
             raise DownloadError(
                 f'download of {url} ended after {out.tell():,} of '

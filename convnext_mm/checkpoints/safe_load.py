@@ -13,7 +13,8 @@ Three forms are read, recognised by content (never by name):
   ``safetensors`` library reads the tensors;
 - Hugging Face ``save_pretrained`` folders: ``config.json`` (a ConvNeXt,
   ConvNeXtV2 or UperNet-with-ConvNeXt of four stages) beside
-  ``model.safetensors``, its sharded index, or ``pytorch_model.bin``. Shards
+  ``model.safetensors``, ``pytorch_model.bin`` or the sharded index of
+  either. Shards
   must be plain file names inside the folder.
 
 Every JSON document (configs, indexes, safetensors headers) is bounded in
@@ -36,7 +37,7 @@ from . import torch_file
 from .unpickler import (CheckpointFileError, CheckpointTooCostlyError,
                         MalformedPickleError, TruncatedError,
                         UnsafeCheckpointError)
-from .vocabulary import KIND_REFUSAL
+from .vocabulary import KIND_REFUSAL, MAX_DIMS
 
 __all__ = [
     'CheckpointFileError', 'CheckpointTooCostlyError', 'TruncatedError',
@@ -50,12 +51,12 @@ MAX_CONFIG = 1 << 20
 MAX_INDEX = 64 << 20
 MAX_JSON_DEPTH = 32
 _HF_WEIGHTS = ('model.safetensors', 'model.safetensors.index.json',
-               'pytorch_model.bin')
+               'pytorch_model.bin', 'pytorch_model.bin.index.json')
 # safetensors dtype codes that hold real floats, integers and bools
 _SAFETENSORS_DTYPES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8,
-                       'I32': 4, 'I16': 2, 'I8': 1, 'U8': 1, 'BOOL': 1}
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_BRACKETS = re.compile(r'[\[\]{}]')
+                       'I32': 4, 'I16': 2, 'I8': 1, 'U64': 8, 'U32': 4,
+                       'U16': 2, 'U8': 1, 'BOOL': 1}
+_JSON_SIGNIFICANT = re.compile(r'[\[\]{}"\\]')
 
 
 def _checked_path(path) -> str:
@@ -101,24 +102,43 @@ def safe_torch_load(file, map_location=None):
 
 # --- JSON, bounded -----------------------------------------------------------
 
+def _check_nesting(text: str, where: str) -> None:
+    """Refuse JSON nested past :data:`MAX_JSON_DEPTH` (the parser recurses),
+    in one pass over the brackets, quotes and backslashes, keeping nothing
+    but a count."""
+    depth, in_string, escaped = 0, False, -1
+    for match in _JSON_SIGNIFICANT.finditer(text):
+        at, char = match.start(), match.group()
+        if at == escaped:  # the character a backslash escapes
+            continue
+        if in_string:
+            if char == '\\':
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in '[{':
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise CheckpointFileError(
+                    f'{where} nests more than {MAX_JSON_DEPTH} levels deep; '
+                    'no checkpoint metadata does')
+        elif char in ']}':
+            depth -= 1
+
+
 def _parse_json(raw: bytes, where: str):
-    """``json.loads`` after checking the nesting (the parser recurses)."""
+    """``json.loads`` after checking the nesting."""
     try:
         text = raw.decode('utf-8')
     except UnicodeDecodeError as err:
         raise CheckpointFileError(
             f'{where} is not UTF-8 JSON ({err})') from None
-    depth = deepest = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub('', text)):
-        depth += 1 if bracket.group() in '[{' else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            raise CheckpointFileError(
-                f'{where} nests more than {MAX_JSON_DEPTH} levels deep; no '
-                'checkpoint metadata does')
+    _check_nesting(text, where)
     try:
         return json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointFileError(
             f'{where} is not valid JSON ({err})') from None
 
@@ -177,7 +197,7 @@ def _safetensors_header(path: str) -> dict:
                                       KIND_REFUSAL.format(name=entry['dtype']))
         shape, (start, end) = entry['shape'], entry['data_offsets']
         if not all(type(n) is int and n >= 0 for n in shape + [start, end]) \
-                or start > end or len(shape) > 32:
+                or start > end or len(shape) > MAX_DIMS:
             raise CheckpointFileError(
                 f'{path}: safetensors entry {name[:80]!r} has '
                 'a malformed shape or data_offsets')

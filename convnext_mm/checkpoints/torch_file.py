@@ -125,6 +125,11 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
         raise TorchFileError(f'{where}: a damaged zip checkpoint '
                              f'({err})') from None
     infos = archive.infolist()
+    if any('\0' in i.orig_filename for i in infos):
+        # zipfile cuts a name at its NUL, torch's reader does not: the two
+        # would read different records
+        raise TorchFileError(f'{where}: a zip record name holds a NUL '
+                             'byte; refusing a file that reads two ways')
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         raise TorchFileError(f'{where}: the zip checkpoint names a record '
@@ -140,7 +145,7 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     if stray:
         raise TorchFileError(f'{where}: the zip checkpoint has records '
                              f'outside {prefix}: {stray[0][:80]}')
-    offset = 0
+    offset, data_at = 0, {}
     ordered = sorted(infos, key=lambda i: i.header_offset)
     starts = [i.header_offset for i in ordered[1:]] + [archive.start_dir]
     for info, following in zip(ordered, starts):
@@ -155,10 +160,27 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
             raise TorchFileError(f'{where}: a damaged zip record '
                                  f'{info.filename[:80]}')
         fields = _LOCAL.unpack(header)
-        offset += _LOCAL.size + fields[-2] + fields[-1] + info.compress_size
+        name = handle.read(fields[-2])
+        if name != info.orig_filename.encode(
+                'utf-8' if info.flag_bits & 0x800 else 'cp437'):
+            raise TorchFileError(
+                f'{where}: record {info.filename[:80]} has another name in '
+                'its header; refusing a file that reads two ways')
+        data_at[info.filename] = offset + _LOCAL.size + fields[-2] + \
+            fields[-1]
+        offset = data_at[info.filename] + info.compress_size
         if info.flag_bits & 0x08:
             offset += _descriptor_length(handle, offset, following - offset,
                                          info, where)
+        if info.flag_bits & 0x1:
+            raise TorchFileError(f'{where}: record {info.filename[:80]} is '
+                                 'damaged (encrypted; torch never encrypts)')
+        if info.compress_type == zipfile.ZIP_STORED and \
+                info.file_size != info.compress_size:
+            raise TorchFileError(
+                f'{where}: record {info.filename[:80]} is stored (not '
+                f'compressed) in {info.compress_size:,} bytes but announces '
+                f'{info.file_size:,}')
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > \
                 max(MAX_INFLATION * max(info.compress_size, 1), 1 << 20):
             raise CheckpointTooCostlyError(
@@ -198,7 +220,7 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
             f'{where}: the zip checkpoint has bytes between its directory '
             'and its end record (a second directory?); refusing a file that '
             'reads two ways')
-    return archive, prefix
+    return archive, prefix, data_at
 
 
 def _descriptor_length(handle, offset, room, info, where) -> int:
@@ -222,21 +244,39 @@ def _descriptor_length(handle, offset, room, info, where) -> int:
                          'entry')
 
 
-def _read_record(archive, name: str, nbytes: int, where: str) -> bytearray:
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise MalformedPickleError(f'{where}: storage record {name} is '
-                                   'missing') from None
-    if info.file_size != nbytes:
-        raise MalformedPickleError(
-            f'{where}: storage record {name} holds {info.file_size:,} bytes, '
-            f'its tensor announces {nbytes:,}')
-    return _read_member(archive, info, where)
+class _Records:
+    """The records of a checked zip checkpoint (see :func:`_zip_layout`)."""
+
+    def __init__(self, handle, archive, starts, where: str):
+        self.handle, self.archive, self.starts = handle, archive, starts
+        self.where = where
+
+    def read(self, name: str, nbytes: Optional[int] = None) -> bytearray:
+        """A record's bytes (``nbytes``: what its tensor announces). A
+        stored record - every record torch writes - is read straight from
+        its place in the file into one buffer of its size, which the file's
+        layout has already shown to lie in the file."""
+        try:
+            info = self.archive.getinfo(name)
+        except KeyError:
+            raise MalformedPickleError(f'{self.where}: storage record {name} '
+                                       'is missing') from None
+        if nbytes is not None and info.file_size != nbytes:
+            raise MalformedPickleError(
+                f'{self.where}: storage record {name} holds '
+                f'{info.file_size:,} bytes, its tensor announces {nbytes:,}')
+        if info.compress_type != zipfile.ZIP_STORED:
+            return _read_member(self.archive, info, self.where)
+        data = bytearray(info.file_size)
+        self.handle.seek(self.starts[name])
+        if self.handle.readinto(data) != info.file_size:
+            raise TruncatedError(f'{self.where} is truncated in '
+                                 f'{info.filename[:80]}')
+        return data
 
 
 def _read_member(archive, info, where: str) -> bytearray:
-    """A record's bytes; zipfile checks their CRC as it reads."""
+    """A compressed record's bytes; zipfile checks their CRC as it reads."""
     data = bytearray(info.file_size)
     try:
         with archive.open(info) as member:
@@ -253,11 +293,11 @@ def _read_member(archive, info, where: str) -> bytearray:
 
 
 def _load_zip(handle, size, where, map_location):
-    archive, prefix = _zip_layout(handle, size, where)
+    archive, prefix, starts = _zip_layout(handle, size, where)
     with archive:
-        order = archive.NameToInfo.get(prefix + 'byteorder')
-        if order is not None and \
-                _read_member(archive, order, where) != b'little':
+        records = _Records(handle, archive, starts, where)
+        if prefix + 'byteorder' in starts and \
+                records.read(prefix + 'byteorder') != b'little':
             raise TorchFileError(
                 f'{where} was saved on a big-endian machine; convnext_mm '
                 'reads little-endian checkpoints (re-save it on x86 or Arm)')
@@ -266,10 +306,10 @@ def _load_zip(handle, size, where, map_location):
             raise CheckpointTooCostlyError(
                 f'{where}: its pickle is {info.file_size:,} bytes, beyond '
                 'any model checkpoint. Refusing to load it')
-        data = _read_member(archive, info, where)
+        data = records.read(prefix + 'data.pkl')
         storages = _Storages(
-            lambda key, n: _read_record(archive, f'{prefix}data/{key}', n,
-                                        where), map_location, where)
+            lambda key, n: records.read(f'{prefix}data/{key}', n),
+            map_location, where)
         return _run_pickle(io.BytesIO(data), len(data), where, storages)
 
 
@@ -279,6 +319,14 @@ def _load_legacy(handle, size, where, map_location):
     pending = {}
 
     def later(key, nbytes):
+        # the storages follow this pickle: what they announce must fit in
+        # the bytes left, before anything is allocated for them
+        announced = nbytes + sum(map(len, pending.values()))
+        if announced > size - handle.tell():
+            raise TruncatedError(
+                f'{where} is truncated: its tensors announce {announced:,} '
+                f'bytes of storage, the file has {size - handle.tell():,} '
+                'left (an interrupted save or download?)')
         pending[key] = data = bytearray(nbytes)
         return data
 
@@ -333,16 +381,24 @@ def _load_legacy(handle, size, where, map_location):
 
 def _move(value, moved):
     """Tensors of ``value`` on the storages ``map_location`` moved (legacy
-    files only, which torch maps before filling)."""
-    if isinstance(value, torch.Tensor):
-        target = moved.get(id(value.untyped_storage()))
-        return value if target is None else value.to(target.device)
-    if isinstance(value, dict):
-        for key in list(value):
-            value[key] = _move(value[key], moved)
-    elif isinstance(value, list):
-        value[:] = [_move(v, moved) for v in value]
-    return value
+    files only, which torch maps before filling); each container once."""
+    def moved_tensor(item):
+        if isinstance(item, torch.Tensor):
+            target = moved.get(id(item.untyped_storage()))
+            return item if target is None else item.to(target.device)
+        return item
+
+    seen, todo = set(), [value]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen or not isinstance(node, (dict, list)):
+            continue
+        seen.add(id(node))
+        keys = list(node) if isinstance(node, dict) else range(len(node))
+        for key in keys:
+            node[key] = moved_tensor(node[key])
+            todo.append(node[key])
+    return moved_tensor(value)
 
 
 def load(file, map_location=None, where: Optional[str] = None):
@@ -373,8 +429,8 @@ def load(file, map_location=None, where: Optional[str] = None):
             raise UnsafeCheckpointError(
                 f'{where} is in torch\'s legacy .tar format, which can only '
                 'be loaded by running its pickles unchecked. If you trust '
-                'the file, re-save it once with torch.save(torch.load(OLD, '
-                'weights_only=False), NEW) and load NEW')
+                'the file, convert it once with python tools/'
+                'convert_checkpoint.py --trusted OLD NEW and load NEW')
         if head[:1] != pickle.PROTO and head[:1] not in b'(}]cK':
             raise TorchFileError(
                 f'{where} is not a PyTorch checkpoint: it is neither a zip '
@@ -404,7 +460,7 @@ def is_complete(path: str) -> bool:
             if handle.read(4) != _ZIP_MAGIC:
                 load(handle, 'cpu', path)
                 return True
-            archive, _ = _zip_layout(handle, size, path)
+            archive = _zip_layout(handle, size, path)[0]
             archive.close()
             return True
     except (ValueError, pickle.UnpicklingError, OSError, MemoryError):

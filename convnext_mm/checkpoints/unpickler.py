@@ -35,6 +35,10 @@ from typing import Any, Callable, Dict, Optional
 MAX_PICKLE_OPS = 10_000_000
 MAX_DEPTH = 100
 MAX_COMPOSITE_KEYS = 10_000
+# elements hashed for tuple keys, counted as hashing visits them (a tuple's
+# hash is not cached: one that holds another many times over hashes it each
+# time)
+MAX_HASHED_ELEMENTS = 1_000_000
 _SMALL_INT = (1 << 61) - 1  # ints below this hash to distinct values
 # Python 2 names that protocol-2 pickles use (pickle's fix_imports)
 _PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}
@@ -156,6 +160,7 @@ class Machine:
         self.persistent_load = persistent_load
         self.where = where
         self.risky_keys = 0
+        self.hashed_elements = 0
         self.depths: Dict[int, tuple] = {}  # id -> (object, depth)
 
     # --- refusals -----------------------------------------------------------
@@ -197,6 +202,14 @@ class Machine:
                     'are not strings or small integers; such keys can be '
                     'made to collide so that loading takes hours, and no '
                     'model checkpoint has them. Refusing to load it')
+            self.hashed_elements += _hash_visits(key)
+            if self.hashed_elements > MAX_HASHED_ELEMENTS:
+                raise CheckpointTooCostlyError(
+                    f'{self.where}: hashing its dict keys or set members '
+                    f'would visit more than {MAX_HASHED_ELEMENTS:,} values '
+                    '(tuples that hold other tuples many times over: hours '
+                    'of hashing in a file of a few hundred bytes); no model '
+                    'checkpoint has such keys. Refusing to load it')
         try:
             hash(key)
         except TypeError:
@@ -262,7 +275,7 @@ class Machine:
             raise self.malformed(f'{entry.name}: {err}') from None
         except UnsafeCheckpointError as err:
             raise self.unsafe(f'{entry.name}: {err}') from None
-        except (ValueError, OverflowError) as err:
+        except (ValueError, OverflowError, RuntimeError) as err:
             if isinstance(err, (CheckpointTooCostlyError,
                                 MalformedPickleError)):
                 raise
@@ -462,7 +475,8 @@ class Machine:
         state dict (module name -> {'version': int, ...}), which
         ``load_state_dict`` reads."""
         metadata = state.get('_metadata') if isinstance(state, dict) else None
-        if set(state) != {'_metadata'} or not isinstance(metadata, dict) or \
+        if not isinstance(state, dict) or set(state) != {'_metadata'} or \
+                not isinstance(metadata, dict) or \
                 not all(isinstance(k, str) and isinstance(v, dict) and all(
                     isinstance(n, str) and (x is None or type(x) in (
                         int, str, bool)) for n, x in v.items())
@@ -473,36 +487,73 @@ class Machine:
 
     def finish(self, value):
         """Refuse cycles, unfinished values and nesting past the bound, by
-        an iterative walk (no recursion a file can exhaust)."""
+        an iterative walk (no recursion a file can exhaust) that visits each
+        object once: a value whose containers share children many times
+        over is walked in the time of its size in the file."""
+        height: Dict[int, int] = {}  # finished containers: levels below
         path = set()
-        todo = [(value, 0, False)]
+        todo = [(value, False)]
         while todo:
-            node, depth, leaving = todo.pop()
-            if leaving:
-                path.discard(id(node))
-                continue
+            node, leaving = todo.pop()
             if isinstance(node, Internal):
                 raise self.unsafe(
                     'an object whose state was never set' if isinstance(
                         node, Pending) else 'a bare storage or global as a '
                     'value')
-            if isinstance(node, dict):
-                children = list(node.keys()) + list(node.values())
-            elif isinstance(node, (list, tuple, set, frozenset)):
-                children = list(node)
-            else:
+            if not isinstance(node, _WALKED):
                 continue
-            if depth >= MAX_DEPTH:
-                raise CheckpointTooCostlyError(
-                    f'{self.where}: values nest more than {MAX_DEPTH} levels '
-                    'deep, beyond any checkpoint. Refusing to load it')
-            if id(node) in path:
+            key = id(node)
+            if leaving:
+                path.discard(key)
+                below = max((height.get(id(c), 0) for c in _children(node)),
+                            default=0)
+                if below >= MAX_DEPTH:
+                    raise CheckpointTooCostlyError(
+                        f'{self.where}: values nest more than {MAX_DEPTH} '
+                        'levels deep, beyond any checkpoint. Refusing to '
+                        'load it')
+                height[key] = below + 1
+                continue
+            if key in height:
+                continue
+            if key in path:
                 raise self.malformed('a container that contains itself')
-            path.add(id(node))
-            todo.append((node, depth, True))
-            todo.extend((child, depth + 1, False) for child in children)
+            path.add(key)
+            todo.append((node, True))
+            todo.extend((child, False) for child in _children(node))
         self.depths.clear()
         return value
+
+
+_WALKED = (dict, list, tuple, set, frozenset)
+
+
+def _hash_visits(key) -> int:
+    """How many values hashing ``key`` visits: tuples visit their items
+    every time (counted once per tuple, in time linear in their number);
+    anything else hashes once (a frozenset caches its hash)."""
+    visits: Dict[int, int] = {}
+    todo = [(key, False)]
+    while todo:
+        node, leaving = todo.pop()
+        if type(node) is not tuple or id(node) in visits:
+            continue
+        if leaving:
+            visits[id(node)] = 1 + sum(
+                visits.get(id(c), 1) if type(c) is tuple else 1
+                for c in node)
+            continue
+        todo.append((node, True))
+        todo.extend((c, False) for c in node)
+    return visits.get(id(key), 1)
+
+
+def _children(node):
+    if isinstance(node, dict):
+        yield from node.keys()
+        yield from node.values()
+    else:
+        yield from node
 
 
 def _text(arg):

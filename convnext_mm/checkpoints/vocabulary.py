@@ -14,6 +14,7 @@ called with the file's arguments.
 Tensors of other kinds (float8, complex, quantized, sparse) are named and
 refused: ConvNeXt weights and training state have none.
 """
+import argparse
 import re
 from collections import Counter, OrderedDict
 
@@ -23,10 +24,13 @@ from mmengine.logging.history_buffer import HistoryBuffer
 
 from .unpickler import Call, Internal, New, Pending, Refused
 
-MAX_DIMS = 32
+MAX_DIMS = 64  # torch's own limit
+# elements a view may show beyond its storage's (``expand``, zero strides):
+# what a consumer allocates from it stays bounded
+MAX_EXPANDED = 1 << 24
 
 # --- numpy -------------------------------------------------------------------
-_NUMPY_SPEC = re.compile(r'(b1|[iu][1248]|f[248]|[SU][1-9]\d{0,5})')
+_NUMPY_SPEC = re.compile(r'(b1|[iu][1248]|f[248]|[SU](0|[1-9]\d{0,5}))')
 _BYTE_ORDERS = ('<', '>', '|', '=')
 
 
@@ -88,6 +92,8 @@ def _array(shape, dtype, data, fortran=False) -> np.ndarray:
             f'numpy array of shape {shape} and dtype {dtype} needs '
             f'{_elements(shape) * dtype.itemsize:,} bytes, the file gives '
             f'{len(data):,}')
+    if not dtype.itemsize:
+        return np.zeros(shape, dtype=dtype, order='F' if fortran else 'C')
     flat = np.frombuffer(bytes(data), dtype=dtype)
     return flat.reshape(shape, order='F' if fortran else 'C').copy(
         order='F' if fortran else 'C')
@@ -123,6 +129,8 @@ def _scalar(dtype, data=None):
     if type(data) is not bytes or len(data) != dtype.itemsize:
         raise ValueError(f'a numpy {dtype} scalar needs {dtype.itemsize} '
                          'bytes')
+    if not dtype.itemsize:  # str_('') and bytes_(b''): U0, S0
+        return dtype.type()
     return np.frombuffer(data, dtype=dtype)[0].copy()
 
 
@@ -256,16 +264,15 @@ _DTYPES = {
     name: getattr(torch, name) for name in (
         'float64', 'double', 'float32', 'float', 'float16', 'half',
         'bfloat16', 'int64', 'long', 'int32', 'int', 'int16', 'short',
-        'int8', 'uint8', 'bool')
+        'int8', 'uint8', 'uint16', 'uint32', 'uint64', 'bool')
 }
-_OTHER_KINDS = ('complex', 'float8', 'qint', 'quint', 'uint16', 'uint32',
-                'uint64', 'float4', 'bits', 'int1', 'int2', 'int3', 'int4',
+_OTHER_KINDS = ('complex', 'float8', 'qint', 'quint', 'float4', 'bits',
+                'int1', 'int2', 'int3', 'int4',
                 'int5', 'int6', 'int7', 'uint1', 'uint2', 'uint3', 'uint4',
                 'uint5', 'uint6', 'uint7', 'chalf', 'cfloat', 'cdouble')
 KIND_REFUSAL = (
     '{name} tensors, which convnext_mm does not read: model and training '
-    'checkpoints hold float32/float16/bfloat16 weights with integer and bool '
-    'buffers. Convert the file (e.g. torch.load(..., weights_only=True), '
+    'checkpoints hold float and integer tensors and bool buffers. Convert the file (e.g. torch.load(..., weights_only=True), '
     '.float() each tensor, torch.save) and load that')
 
 
@@ -296,8 +303,8 @@ def _empty_hooks(hooks):
         raise ValueError('tensors with backward hooks are not read')
 
 
-def _tensor_v3(storage, offset, size, stride, dtype, requires_grad=False,
-               hooks=None, metadata=None):
+def _tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype,
+               metadata=None):
     """A tensor on an untyped storage, its dtype named apart (torch writes
     this for dtypes without a storage class of their own)."""
     if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
@@ -326,11 +333,17 @@ def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
     numel = _elements(size)
     if numel:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= storage.numel or numel > storage.numel:
+        if last >= storage.numel:
             raise ValueError(
                 f'a tensor of sizes {size}, strides {stride} and offset '
                 f'{offset} reaches past its storage of {storage.numel:,} '
                 'elements')
+        if numel > max(storage.numel, MAX_EXPANDED):
+            raise ValueError(
+                f'a view of {numel:,} elements of a storage of '
+                f'{storage.numel:,} (sizes {size}, strides {stride}): past '
+                f'{MAX_EXPANDED:,} elements a view may not show more than '
+                'its storage holds')
     tensor = torch.empty((0, ), dtype=storage.dtype,
                          device=storage.untyped.device)
     tensor.set_(storage.untyped, offset, torch.Size(size), stride)
@@ -347,7 +360,10 @@ def _meta_tensor(dtype, size, stride, requires_grad=False):
                                                         'tensor strides')
     if len(size) != len(stride) or type(requires_grad) is not bool:
         raise ValueError('meta tensor sizes and strides do not agree')
-    return torch.empty_strided(size, stride, dtype=dtype, device='meta')
+    try:
+        return torch.empty_strided(size, stride, dtype=dtype, device='meta')
+    except RuntimeError as err:  # sizes whose product overflows
+        raise ValueError(f'meta tensor of sizes {size}: {err}') from None
 
 
 def _parameter(data, requires_grad=True, hooks=None, state=None):
@@ -378,14 +394,43 @@ def _size(sizes=()):
                              'torch.Size'))
 
 
-_DEVICE = re.compile(r'[a-z]{2,16}(:\d{1,4})?')
+_DEVICE = re.compile(r'[a-z]{2,16}(:\d{1,3})?')
+MAX_DEVICE_INDEX = 127  # torch keeps a device index in 8 bits
 
 
 def _device(kind, index=None):
     if type(kind) is not str or not _DEVICE.fullmatch(kind) or (
             index is not None and type(index) is not int):
         raise ValueError('torch.device of an odd name')
-    return torch.device(kind) if index is None else torch.device(kind, index)
+    _, _, named = kind.partition(':')
+    for number in (index, int(named) if named else None):
+        if number is not None and not 0 <= number <= MAX_DEVICE_INDEX:
+            raise ValueError(f'torch.device index {number}')
+    try:
+        return torch.device(kind) if index is None else torch.device(kind,
+                                                                     index)
+    except RuntimeError:
+        raise ValueError(f'torch.device {kind[:20]!r}: not a device type '
+                         'torch knows') from None
+
+
+def _namespace(*args):
+    if args:
+        raise ValueError('argparse.Namespace only as pickle writes it')
+    return _Namespace()
+
+
+class _Namespace(Pending):
+    """An ``argparse.Namespace`` (the ConvNeXt authors' training checkpoints
+    keep their command line in one): NEWOBJ then BUILD with its attributes,
+    plain data already, set by our code."""
+
+    def build(self, state):
+        if not isinstance(state, dict) or not all(
+                type(k) is str and k.isidentifier() for k in state):
+            raise TypeError('an argparse.Namespace whose state is not a dict '
+                            'of attribute names')
+        return argparse.Namespace(**state)
 
 
 def _build_vocabulary():
@@ -417,6 +462,7 @@ def _build_vocabulary():
         'torch.nn.parameter.Parameter': _TensorType(parameter=True),
         'torch.Size': Call('torch.Size', _size),
         'torch.device': Call('torch.device', _device),
+        'argparse.Namespace': New('argparse.Namespace', _namespace),
         'numpy.ndarray': _NDARRAY,
         'numpy.dtype': Call('numpy.dtype', _DType),
     }
