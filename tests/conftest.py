@@ -2,6 +2,7 @@
 share (end-to-end runs, deployment, pre-flight refusals): each dataset is
 generated and each model family trained once per session, in this process
 (tools/train.py's ``main``)."""
+import argparse
 import json
 import subprocess
 import sys
@@ -88,11 +89,18 @@ def trained_classifier(folders, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def fcmae_atto(tmp_path_factory):
-    """An atto FCMAE pre-training checkpoint as the V2 authors save it."""
+    """An atto FCMAE pre-training checkpoint as the V2 authors' save_model
+    writes it: model, optimizer, epoch, scaler and the command line as an
+    argparse.Namespace."""
     path = tmp_path_factory.mktemp('fcmae') / 'convnextv2_atto_fcmae.pt'
     dense = randomise_(ConvNeXt('atto', use_grn=True,
                                 layer_scale_init_value=0.)).state_dict()
-    torch.save({'model': sparse_fcmae(dense), 'epoch': 1599}, path)
+    torch.save({'model': sparse_fcmae(dense),
+                'optimizer': {'state': {}, 'param_groups': []},
+                'epoch': 1599, 'scaler': {'scale': 65536.0},
+                'args': argparse.Namespace(model='convnextv2_atto',
+                                           mask_ratio=0.6, epochs=1600)},
+               path)
     return path
 
 

@@ -196,3 +196,15 @@ def test_unsigned_safetensors_read(tmp_path):
     for key, value in tensors.items():
         assert state[key].dtype == value.dtype and torch.equal(
             state[key], value)
+
+
+def test_a_zip_with_compressed_records_reads_as_torch_reads_it(tmp_path):
+    """torch never compresses, but reads a deflated copy; so do we."""
+    import zipfile
+    original = io.BytesIO(_saved(_plain_corpus(True)['dtypes'], 2, True))
+    path = tmp_path / 'deflated.pth'
+    with zipfile.ZipFile(original) as src, zipfile.ZipFile(
+            path, 'w', zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    _check_all_entry_points(path)

@@ -63,7 +63,7 @@ class _Storages:
     """The persistent-id handler: a storage per key, read once."""
 
     def __init__(self, read, map_location, where: str, legacy=False):
-        self.read = read  # key, nbytes -> bytearray
+        self.read = read  # key, nbytes -> a uint8 tensor of the bytes
         self.restore = _restore(map_location)
         self.where = where
         self.legacy = legacy
@@ -90,8 +90,7 @@ class _Storages:
             return known
         nbytes = numel * kind.dtype.itemsize
         data = self.read(key, nbytes)
-        untyped = torch.frombuffer(data, dtype=torch.uint8).untyped_storage() \
-            if nbytes else torch.UntypedStorage(0)
+        untyped = data.untyped_storage()
         try:
             untyped = self.restore(untyped, location)
         except RuntimeError as err:
@@ -100,6 +99,18 @@ class _Storages:
         storage = Storage(kind.dtype, untyped, numel)
         self.by_key[key] = storage
         return storage
+
+
+def _buffer(nbytes: int) -> torch.Tensor:
+    """Uninitialised memory for ``nbytes`` a file holds (read into it once:
+    no zero-filling pass, no copy)."""
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
+def _fill(handle, buffer: torch.Tensor) -> bool:
+    """Read ``handle`` into ``buffer``; whether it was filled."""
+    return not len(buffer) or handle.readinto(
+        memoryview(buffer.numpy())) == len(buffer)
 
 
 def _run_pickle(stream, end, where, persistent_load=None):
@@ -245,33 +256,60 @@ def _descriptor_length(handle, offset, room, info, where) -> int:
 
 
 class _Records:
-    """The records of a checked zip checkpoint (see :func:`_zip_layout`)."""
+    """The records of a checked zip checkpoint (see :func:`_zip_layout`):
+    name -> (where its data starts, its size, and for a compressed record
+    its ``ZipInfo``). zipfile's own tables are let go once this is made
+    (a file of 100,000 tensors holds 100,000 of them); an archive with
+    compressed records (torch writes none) is kept to inflate them."""
 
-    def __init__(self, handle, archive, starts, where: str):
-        self.handle, self.archive, self.starts = handle, archive, starts
-        self.where = where
+    def __init__(self, handle, archive, data_at, where: str):
+        self.handle, self.where = handle, where
+        self.entries = {}
+        compressed = False
+        for info in archive.infolist():
+            packed = info.compress_type != zipfile.ZIP_STORED
+            compressed |= packed
+            self.entries[info.filename] = (data_at[info.filename],
+                                           info.file_size,
+                                           info if packed else None)
+        self.archive = archive if compressed else None
 
-    def read(self, name: str, nbytes: Optional[int] = None) -> bytearray:
+    def _entry(self, name: str):
+        entry = self.entries.get(name)
+        if entry is None:
+            raise MalformedPickleError(f'{self.where}: storage record {name} '
+                                       'is missing')
+        return entry
+
+    def read(self, name: str, nbytes: Optional[int] = None) -> torch.Tensor:
         """A record's bytes (``nbytes``: what its tensor announces). A
         stored record - every record torch writes - is read straight from
         its place in the file into one buffer of its size, which the file's
         layout has already shown to lie in the file."""
-        try:
-            info = self.archive.getinfo(name)
-        except KeyError:
-            raise MalformedPickleError(f'{self.where}: storage record {name} '
-                                       'is missing') from None
-        if nbytes is not None and info.file_size != nbytes:
+        start, size, packed = self._entry(name)
+        if nbytes is not None and size != nbytes:
             raise MalformedPickleError(
-                f'{self.where}: storage record {name} holds '
-                f'{info.file_size:,} bytes, its tensor announces {nbytes:,}')
-        if info.compress_type != zipfile.ZIP_STORED:
-            return _read_member(self.archive, info, self.where)
-        data = bytearray(info.file_size)
-        self.handle.seek(self.starts[name])
-        if self.handle.readinto(data) != info.file_size:
-            raise TruncatedError(f'{self.where} is truncated in '
-                                 f'{info.filename[:80]}')
+                f'{self.where}: storage record {name} holds {size:,} bytes, '
+                f'its tensor announces {nbytes:,}')
+        if packed is not None:
+            data = _read_member(self.archive, packed, self.where)
+            return torch.frombuffer(data, dtype=torch.uint8) if data else \
+                _buffer(0)
+        data = _buffer(size)
+        self.handle.seek(start)
+        if not _fill(self.handle, data):
+            raise TruncatedError(f'{self.where} is truncated in {name[:80]}')
+        return data
+
+    def read_bytes(self, name: str) -> bytes:
+        """A record as one bytes object (the pickle: read as it is run)."""
+        start, size, packed = self._entry(name)
+        if packed is not None:
+            return bytes(_read_member(self.archive, packed, self.where))
+        self.handle.seek(start)
+        data = self.handle.read(size)
+        if len(data) != size:
+            raise TruncatedError(f'{self.where} is truncated in {name[:80]}')
         return data
 
 
@@ -293,24 +331,26 @@ def _read_member(archive, info, where: str) -> bytearray:
 
 
 def _load_zip(handle, size, where, map_location):
-    archive, prefix, starts = _zip_layout(handle, size, where)
-    with archive:
-        records = _Records(handle, archive, starts, where)
-        if prefix + 'byteorder' in starts and \
-                records.read(prefix + 'byteorder') != b'little':
-            raise TorchFileError(
-                f'{where} was saved on a big-endian machine; convnext_mm '
-                'reads little-endian checkpoints (re-save it on x86 or Arm)')
-        info = archive.getinfo(prefix + 'data.pkl')
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise CheckpointTooCostlyError(
-                f'{where}: its pickle is {info.file_size:,} bytes, beyond '
-                'any model checkpoint. Refusing to load it')
-        data = records.read(prefix + 'data.pkl')
-        storages = _Storages(
-            lambda key, n: records.read(f'{prefix}data/{key}', n),
-            map_location, where)
-        return _run_pickle(io.BytesIO(data), len(data), where, storages)
+    archive, prefix, data_at = _zip_layout(handle, size, where)
+    records = _Records(handle, archive, data_at, where)
+    if records.archive is None:
+        archive.close()
+    del archive, data_at
+    if prefix + 'byteorder' in records.entries and \
+            records.read_bytes(prefix + 'byteorder') != b'little':
+        raise TorchFileError(
+            f'{where} was saved on a big-endian machine; convnext_mm reads '
+            'little-endian checkpoints (re-save it on x86 or Arm)')
+    pickle_size = records.entries[prefix + 'data.pkl'][1]
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise CheckpointTooCostlyError(
+            f'{where}: its pickle is {pickle_size:,} bytes, beyond any model '
+            'checkpoint. Refusing to load it')
+    data = records.read_bytes(prefix + 'data.pkl')
+    storages = _Storages(
+        lambda key, n: records.read(f'{prefix}data/{key}', n),
+        map_location, where)
+    return _run_pickle(io.BytesIO(data), len(data), where, storages)
 
 
 # --- the legacy format -------------------------------------------------------
@@ -327,7 +367,7 @@ def _load_legacy(handle, size, where, map_location):
                 f'{where} is truncated: its tensors announce {announced:,} '
                 f'bytes of storage, the file has {size - handle.tell():,} '
                 'left (an interrupted save or download?)')
-        pending[key] = data = bytearray(nbytes)
+        pending[key] = data = _buffer(nbytes)
         return data
 
     handle.seek(0)
@@ -363,7 +403,7 @@ def _load_legacy(handle, size, where, map_location):
         if numel * storages.by_key[key].dtype.itemsize != len(data):
             raise MalformedPickleError(
                 f'{where}: storage {key} announces two sizes')
-        if handle.readinto(data) != len(data):
+        if not _fill(handle, data):
             raise TruncatedError(f'{where} is truncated in storage {key} '
                                  '(an interrupted save or download?)')
     if handle.tell() != size:

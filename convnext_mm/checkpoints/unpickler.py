@@ -16,10 +16,12 @@ machine of our own:
   module;
 - BUILD is accepted only on our own :class:`Pending` values (a numpy array or
   dtype, an mmengine ``HistoryBuffer`` being assembled);
-- bounded: opcodes, memo entries, nesting depth (dict keys while they are
-  hashed, everything once the pickle is read), and dict keys or set members
-  whose hash a file can choose (tuples, floats, big integers: colliding ones
-  make insertion quadratic). Cycles are refused.
+- bounded: opcodes, nesting depth (dict keys before they are hashed,
+  everything once the pickle is read), the values hashing keys visits, and
+  dict keys or set members whose hash a file can choose (tuples, floats, big
+  integers: colliding ones make insertion quadratic). Cycles are refused.
+  Each bound is checked in time linear in the pickle: shared values are
+  visited once.
 
 What a file can do wrong has three answers: :class:`UnsafeCheckpointError`
 (it asks for something we do not build), :class:`CheckpointTooCostlyError`
@@ -30,7 +32,7 @@ import io
 import pickle
 import pickletools
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 MAX_PICKLE_OPS = 10_000_000
 MAX_DEPTH = 100
@@ -69,6 +71,7 @@ class Internal:
     """A value only the reader uses while it reads (vocabulary entries,
     markers, storages, unfinished objects); one left in the result is
     refused."""
+    __slots__ = ()
 
 
 class Call(Internal):
@@ -145,6 +148,38 @@ class _Reader:
         return line
 
 
+class _Memo:
+    """The pickle's memo: a list while its keys come in order, as picklers
+    write them (a dict of a million int keys costs ten times the memory),
+    and a dict for any other key."""
+    __slots__ = ('dense', 'sparse')
+
+    def __init__(self):
+        self.dense, self.sparse = [], {}
+
+    def __len__(self):
+        return len(self.dense) + len(self.sparse)
+
+    def __contains__(self, key):
+        return 0 <= key < len(self.dense) or key in self.sparse
+
+    def __getitem__(self, key):
+        return self.dense[key] if 0 <= key < len(self.dense) else \
+            self.sparse[key]
+
+    def get(self, key):
+        return self[key] if key in self else None
+
+    def __setitem__(self, key, value):
+        if 0 <= key < len(self.dense):
+            self.dense[key] = value
+        elif key == len(self.dense):
+            self.dense.append(value)
+            self.sparse.pop(key, None)
+        else:
+            self.sparse[key] = value
+
+
 class Machine:
     """One pickle's run: ``Machine(vocabulary, persistent_load).load(...)``.
 
@@ -161,7 +196,6 @@ class Machine:
         self.where = where
         self.risky_keys = 0
         self.hashed_elements = 0
-        self.depths: Dict[int, tuple] = {}  # id -> (object, depth)
 
     # --- refusals -----------------------------------------------------------
     def unsafe(self, what: str) -> UnsafeCheckpointError:
@@ -173,25 +207,6 @@ class Machine:
                                     f'({what})')
 
     # --- bounded containers -------------------------------------------------
-    def depth(self, value) -> int:
-        known = self.depths.get(id(value))
-        return known[1] if known is not None and known[0] is value else 0
-
-    def deepen(self, container, child_depth: int) -> None:
-        depth = max(self.depth(container), child_depth + 1)
-        if depth > MAX_DEPTH:
-            raise CheckpointTooCostlyError(
-                f'{self.where}: values nest more than {MAX_DEPTH} levels '
-                'deep, beyond any checkpoint (deep nesting can exhaust the '
-                'stack). Refusing to load it')
-        self.depths[id(container)] = (container, depth)
-
-    def new_container(self, container, items=()):
-        self.depths[id(container)] = (container, 1)
-        for item in items:
-            self.deepen(container, self.depth(item))
-        return container
-
     def check_key(self, key):
         if not _is_safe_key(key):
             self.risky_keys += 1
@@ -202,7 +217,13 @@ class Machine:
                     'are not strings or small integers; such keys can be '
                     'made to collide so that loading takes hours, and no '
                     'model checkpoint has them. Refusing to load it')
-            self.hashed_elements += _hash_visits(key)
+            visits, depth = _hash_cost(key)
+            if depth > MAX_DEPTH:
+                raise CheckpointTooCostlyError(
+                    f'{self.where}: a dict key or set member whose values '
+                    f'nest more than {MAX_DEPTH} levels deep, beyond any '
+                    'checkpoint (hashing it recurses). Refusing to load it')
+            self.hashed_elements += visits
             if self.hashed_elements > MAX_HASHED_ELEMENTS:
                 raise CheckpointTooCostlyError(
                     f'{self.where}: hashing its dict keys or set members '
@@ -225,20 +246,17 @@ class Machine:
             raise self.unsafe('an unfinished object used as a value')
         self.check_key(key)
         target[key] = value
-        self.deepen(target, max(self.depth(key), self.depth(value)))
 
     def add(self, target, item):
         if not isinstance(target, set):
             raise self.malformed(f'ADDITEMS on a {type(target).__name__}')
         self.check_key(item)
         target.add(item)
-        self.deepen(target, self.depth(item))
 
     def append(self, target, item):
         if not isinstance(target, list):
             raise self.malformed(f'APPEND on a {type(target).__name__}')
         target.append(item)
-        self.deepen(target, self.depth(item))
 
     # --- the machine --------------------------------------------------------
     def resolve_global(self, module, name):
@@ -281,16 +299,13 @@ class Machine:
                 raise
             # the builder would not build what the file asks for
             raise self.unsafe(f'{entry.name}: {err}') from None
-        if isinstance(value, (dict, list, set, frozenset, tuple)):
-            self.new_container(value, value.values() if isinstance(
-                value, dict) else value)
         return value
 
     def load(self, stream, end: int):
         """Run the pickle that starts at ``stream``'s position and must end
         by ``end``; return its value (whole, plain, acyclic)."""
         reader = _Reader(stream, end, self.where)
-        stack, metastack, memo = [], [], {}
+        stack, metastack, memo = [], [], _Memo()
         pending_keys: Dict[int, list] = {}  # memo keys holding a Pending
 
         def top():
@@ -331,7 +346,7 @@ class Machine:
                 elif name in _CONSTANTS:
                     stack.append(_CONSTANTS[name](arg))
                 elif name in _CONTAINERS:
-                    stack.append(self.new_container(_CONTAINERS[name]()))
+                    stack.append(_CONTAINERS[name]())
                 elif name in ('TUPLE', 'TUPLE1', 'TUPLE2', 'TUPLE3', 'LIST',
                               'FROZENSET', 'DICT'):
                     if name in ('TUPLE', 'LIST', 'FROZENSET', 'DICT'):
@@ -346,22 +361,21 @@ class Machine:
                         raise self.unsafe('an unfinished object in a '
                                           'container')
                     if name == 'LIST':
-                        value = self.new_container([])
+                        value = []
                         for item in items:
                             self.append(value, item)
                     elif name == 'DICT':
                         if len(items) % 2:
                             raise self.malformed('odd DICT items')
-                        value = self.new_container({})
+                        value = {}
                         for i in range(0, len(items), 2):
                             self.setitem(value, items[i], items[i + 1])
                     else:
                         if name == 'FROZENSET':
                             for item in items:
                                 self.check_key(item)
-                        value = self.new_container(
-                            (frozenset if name == 'FROZENSET' else tuple)(
-                                items), items)
+                        value = (frozenset if name == 'FROZENSET' else
+                                 tuple)(items)
                     stack.append(value)
                 elif name == 'APPEND':
                     item = pop()
@@ -521,31 +535,10 @@ class Machine:
             path.add(key)
             todo.append((node, True))
             todo.extend((child, False) for child in _children(node))
-        self.depths.clear()
         return value
 
 
 _WALKED = (dict, list, tuple, set, frozenset)
-
-
-def _hash_visits(key) -> int:
-    """How many values hashing ``key`` visits: tuples visit their items
-    every time (counted once per tuple, in time linear in their number);
-    anything else hashes once (a frozenset caches its hash)."""
-    visits: Dict[int, int] = {}
-    todo = [(key, False)]
-    while todo:
-        node, leaving = todo.pop()
-        if type(node) is not tuple or id(node) in visits:
-            continue
-        if leaving:
-            visits[id(node)] = 1 + sum(
-                visits.get(id(c), 1) if type(c) is tuple else 1
-                for c in node)
-            continue
-        todo.append((node, True))
-        todo.extend((c, False) for c in node)
-    return visits.get(id(key), 1)
 
 
 def _children(node):
@@ -554,6 +547,30 @@ def _children(node):
         yield from node.values()
     else:
         yield from node
+
+
+def _hash_cost(key) -> Tuple[int, int]:
+    """What hashing ``key`` costs: the values it visits (a tuple visits its
+    items every time its hash is taken; anything else hashes once, a
+    frozenset caching its hash) and how deep its tuples nest (the hash
+    recurses), in time linear in the number of tuples."""
+    cost: Dict[int, Tuple[int, int]] = {}  # id -> (visits, depth)
+    todo = [(key, False)]
+    while todo:
+        node, leaving = todo.pop()
+        if type(node) is not tuple or id(node) in cost:
+            continue
+        if leaving:
+            below = [cost[id(c)] for c in node if type(c) is tuple]
+            cost[id(node)] = (
+                1 + sum(v for v, _ in below) + len(node) - len(below),
+                1 + max((d for _, d in below), default=0))
+            continue
+        todo.append((node, True))
+        todo.extend((c, False) for c in node)
+        if len(todo) > 4 * MAX_HASHED_ELEMENTS:
+            return MAX_HASHED_ELEMENTS + 1, 0
+    return cost.get(id(key), (1, 0))
 
 
 def _text(arg):

@@ -292,6 +292,7 @@ class _TensorType(Internal):
 
 class Storage(Internal):
     """One storage of a torch file, read into memory by :mod:`.torch_file`."""
+    __slots__ = ('dtype', 'untyped', 'numel')
 
     def __init__(self, dtype: torch.dtype, untyped, numel: int):
         self.dtype, self.untyped, self.numel = dtype, untyped, numel
