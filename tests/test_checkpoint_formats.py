@@ -239,6 +239,48 @@ def test_transformers_upernet_loads_whole_through_load_from(tmp_path):
     assert rel_err(aux_ours, aux_theirs) < 1e-4
 
 
+def test_transformers_upernet_folder_tests_through_the_tool(ade, tmp_path,
+                                                          monkeypatch):
+    """tools/test.py on a whole save_pretrained UperNet folder, without
+    --allow-partial: the pre-flight examines it under mmseg's names (once
+    converted), and the model the tool runs gives transformers' logits on
+    the image the tool pre-processed."""
+    from mmengine.config import Config
+    from mmseg.models.segmentors import EncoderDecoder
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+    from convnext_mm.synthetic.small_configs import small_seg_config
+    from tool_utils import dumped
+    cfg_path = dumped(small_seg_config, 'upernet_convnext_t_ade20k', ade,
+                      tmp_path / 'work')
+    model_cfg = Config.fromfile(str(cfg_path)).model
+    hf = UperNetForSemanticSegmentation(UperNetConfig(
+        backbone_config=hf_config(
+            out_features=['stage1', 'stage2', 'stage3', 'stage4']),
+        hidden_size=model_cfg.decode_head.channels,
+        auxiliary_channels=model_cfg.auxiliary_head.channels,
+        auxiliary_in_channels=model_cfg.auxiliary_head.in_channels,
+        num_labels=model_cfg.decode_head.num_classes))
+    randomise_(hf).eval()
+    hf.save_pretrained(tmp_path / 'hf_upernet')
+    seen = []
+    forward = EncoderDecoder.encode_decode
+
+    def recorded(self, inputs, batch_img_metas):
+        logits = forward(self, inputs, batch_img_metas)
+        seen.append((inputs.clone(), logits.clone()))
+        return logits
+
+    monkeypatch.setattr(EncoderDecoder, 'encode_decode', recorded)
+    _, out = run_tool('test.py', cfg_path, tmp_path / 'hf_upernet',
+                      '--work-dir', tmp_path / 'test')
+    assert 'mIoU' in out and seen
+    with torch.no_grad():
+        for inputs, logits in seen[:3]:
+            theirs = hf(pixel_values=inputs).logits
+            assert rel_err(logits, theirs) < 1e-4
+
+
 def test_fcmae_pretraining_checkpoint_converts_to_the_dense_encoder(
         tmp_path):
     """The authors' sparse training-form FCMAE checkpoint is a backbone

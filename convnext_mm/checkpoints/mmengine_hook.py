@@ -18,20 +18,16 @@ from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .sources import UnsupportedSchemeError, read_checkpoint
-from .transformers_layouts import is_transformers_upernet, upernet_to_mmseg
+from .transformers_layouts import as_mmseg_checkpoint
 
 
 def _as_mmengine_checkpoint(name: str, checkpoint):
-    if isinstance(checkpoint, dict) and is_transformers_upernet(checkpoint):
-        try:
-            state = upernet_to_mmseg(checkpoint)
-        except ValueError as err:
-            raise ValueError(f'{name}: {err}') from None
+    converted = as_mmseg_checkpoint(name, checkpoint)
+    if converted is not checkpoint:
         print_log(f'{name}: layout Hugging Face UperNetForSemanticSegmentation'
-                  f'; {len(state)} tensors read under mmseg\'s names',
-                  logger='current')
-        checkpoint = dict(state_dict=state)
-    return checkpoint
+                  f'; {len(converted["state_dict"])} tensors read under '
+                  "mmseg's names", logger='current')
+    return converted
 
 
 # mmengine logs ``loader.__name__[10:]`` as the backend's name

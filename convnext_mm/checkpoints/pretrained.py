@@ -16,6 +16,7 @@ from mmengine.logging import print_log
 
 from .report import Report, check_final_norm, examine
 from .sources import identity, keep, locate_cached, read_checkpoint
+from .transformers_layouts import as_mmseg_checkpoint
 
 __all__ = ['check_final_norm', 'load_pretrained', 'prepare',
            'prepare_whole']
@@ -67,7 +68,7 @@ def prepare(model, checkpoint, prefix: Optional[str] = None,
 def prepare_whole(model, checkpoint) -> Report:
     """:func:`prepare` for a whole model's checkpoint (``load_from``, a test
     or deploy checkpoint); what was read is kept for mmengine's load."""
-    raw = read_checkpoint(checkpoint)
+    raw = as_mmseg_checkpoint(_source(checkpoint), read_checkpoint(checkpoint))
     report = examine(model, raw, _source(checkpoint)).check()
     report.contents = [str(k) for k in raw] if isinstance(raw, dict) else []
     keep(os.fspath(checkpoint), raw)

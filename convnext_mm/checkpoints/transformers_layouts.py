@@ -80,3 +80,17 @@ def upernet_to_mmseg(state: StateDict) -> StateDict:
             'a Hugging Face UperNet checkpoint with tensors convnext_mm '
             f'cannot place: {", ".join(unknown[:5])}')
     return out
+
+
+def as_mmseg_checkpoint(name: str, checkpoint):
+    """A whole transformers UperNet as mmseg's checkpoint
+    (``{'state_dict': ...}`` under mmseg's names); anything else as it is.
+    Converted once, where a file is read for a whole model: the pre-flight
+    examines, and mmengine loads, the same names."""
+    if not (isinstance(checkpoint, dict) and
+            is_transformers_upernet(checkpoint)):
+        return checkpoint
+    try:
+        return dict(state_dict=upernet_to_mmseg(checkpoint))
+    except ValueError as err:
+        raise ValueError(f'{name}: {err}') from None
