@@ -553,11 +553,12 @@ def _hash_cost(key) -> Tuple[int, int]:
     """What hashing ``key`` costs: the values it visits (a tuple visits its
     items every time its hash is taken; anything else hashes once, a
     frozenset caching its hash) and how deep its tuples nest (the hash
-    recurses), in time linear in the number of tuples."""
+    recurses; past :data:`MAX_DEPTH` the walk stops), in time linear in the
+    number of tuples."""
     cost: Dict[int, Tuple[int, int]] = {}  # id -> (visits, depth)
-    todo = [(key, False)]
+    todo = [(key, False, 1)]
     while todo:
-        node, leaving = todo.pop()
+        node, leaving, level = todo.pop()
         if type(node) is not tuple or id(node) in cost:
             continue
         if leaving:
@@ -566,8 +567,10 @@ def _hash_cost(key) -> Tuple[int, int]:
                 1 + sum(v for v, _ in below) + len(node) - len(below),
                 1 + max((d for _, d in below), default=0))
             continue
-        todo.append((node, True))
-        todo.extend((c, False) for c in node)
+        if level > MAX_DEPTH:
+            return 1, level
+        todo.append((node, True, level))
+        todo.extend((c, False, level + 1) for c in node)
         if len(todo) > 4 * MAX_HASHED_ELEMENTS:
             return MAX_HASHED_ELEMENTS + 1, 0
     return cost.get(id(key), (1, 0))
