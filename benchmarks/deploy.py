@@ -2,7 +2,7 @@
 """docs/deployment.md's table: Mask R-CNN T, Cascade Mask R-CNN T and
 UperNet T exported by tools/deploy.py and verified at their test resolution.
 
-    python benchmarks/deploy.py [--work DIR] [--iters 40]
+    python benchmarks/deploy.py [--work DIR] [--iters 40] [--models TEXT]
 
 No released weights are downloaded: each model of the released config (its
 heads, widths and class count unchanged) is first trained ``--iters``
@@ -104,6 +104,8 @@ def main():
     parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument('--work', default='work_dirs/benchmark_deploy')
     parser.add_argument('--iters', type=int, default=40)
+    parser.add_argument('--models', default='',
+                        help='only the models whose name holds this text')
     args = parser.parse_args()
     import mmdeploy
     import onnxruntime as ort
@@ -137,6 +139,8 @@ def main():
     print('|---|---|---|---|---|---|')
     trained = {}
     for name, leaf, options in MODELS:
+        if args.models not in name:
+            continue
         checkpoint = work / leaf / f'iter_{args.iters}.pth'
         if leaf not in trained:
             data = coco if 'coco' in leaf else ade

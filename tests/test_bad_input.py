@@ -26,7 +26,7 @@ from convnext_mm.models import ConvNeXt
 from convnext_mm.synthetic import make_ade20k
 from convnext_mm.synthetic.small_configs import small_seg_config
 from tool_utils import (ROOT, as_a_new_process, dumped, needs_mmdeploy,
-                        run_tool, tool_main)
+                        run_tool)
 
 # --- weights ----------------------------------------------------------------
 
@@ -264,12 +264,11 @@ def seg_config(tmp_path_factory):
 
 
 def one_error_line(capsys, tool, *argv):
-    """Run a tool in this process; return its single ``error:`` line."""
-    with pytest.raises(SystemExit) as exit_:
-        tool_main(tool)([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    text = (out + err).strip()
-    assert exit_.value.code == 2, text
+    """Run a tool in this process (as :func:`run_tool` does: the loggers
+    it makes are let go after); return its single ``error:`` line."""
+    code, text = run_tool(f'{tool}.py', *argv, check=False)
+    text = text.strip()
+    assert code == 2, text
     assert text.count('\n') == 0 and text.startswith('error: '), text
     return text
 

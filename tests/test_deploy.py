@@ -328,3 +328,24 @@ def test_pasted_masks_are_mmdeploys(tmp_path):
     ours = paste_masks(masks, boxes, h, w)
     assert ours.shape == (n, h, w) and ours.dtype == torch.bool
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.long
+@needs_mmdeploy
+def test_the_deploy_benchmark_runs_again_in_its_work_folder(tmp_path):
+    """A second run in the same --work re-uses the model it trained there
+    and replaces its own ONNX folder."""
+    from tool_utils import ROOT
+    command = [sys.executable, 'benchmarks/deploy.py', '--work', str(tmp_path),
+               '--iters', '1', '--models', 'whole']
+    trained = tmp_path / 'upernet_convnext_t_ade20k' / 'iter_1.pth'
+    rows, made = [], []
+    for _ in range(2):
+        res = subprocess.run(command, capture_output=True, text=True,
+                             cwd=ROOT, timeout=1800)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        rows.append(next(line for line in res.stdout.splitlines()
+                         if line.startswith('| UperNet T (whole, dynamic) |')))
+        made.append(trained.stat().st_mtime_ns)
+    assert made[0] == made[1]  # not trained again
+    assert all('| passed |' in row for row in rows), rows

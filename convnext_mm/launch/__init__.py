@@ -8,7 +8,7 @@ from .config import (TASKS, adapt_to_device, check_options, load_config,
                      task_of, use_tta)
 from .data import check_data, check_label_maps
 from .preflight import (check_backbone_args, check_checkpoint, check_model,
-                        check_resume, newest_complete)
+                        check_resume)
 from .runner import (STAGE_SPLITS, PreflightRunner, add_lock_arg,
                      add_run_args, build_runner, prepare_runner)
 
@@ -16,6 +16,6 @@ __all__ = [
     'ConfigError', 'PreflightRunner', 'STAGE_SPLITS', 'TASKS', 'adapt_to_device', 'add_lock_arg', 'add_run_args',
     'build_runner', 'check_backbone_args', 'check_checkpoint', 'check_data',
     'check_label_maps', 'check_model', 'check_options', 'check_resume',
-    'load_config', 'lock', 'newest_complete', 'prepare_runner', 'task_of',
+    'load_config', 'lock', 'prepare_runner', 'task_of',
     'use_tta'
 ]

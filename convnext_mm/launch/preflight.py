@@ -11,9 +11,7 @@ starts, and bad input is one ``error:`` line (see :mod:`convnext_mm.errors`).
 import difflib
 import inspect
 import logging
-import os
 import os.path as osp
-from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -21,10 +19,9 @@ from mmengine.logging import print_log
 from mmengine.registry import MODELS, init_default_scope
 
 from ..checkpoints import TruncatedError, prepare, prepare_whole
-from ..checkpoints.torch_file import is_complete
 from ..errors import ConfigError
 from ..optim.lr_decay import check_paramwise_cfg
-from ..training import checkpoint_template, choose_resume
+from ..training import checkpoint_template, choose_resume, newest_complete
 from .shapes import check_shapes
 
 
@@ -106,24 +103,8 @@ def check_checkpoint(model, checkpoint: str, allow_partial: bool = True,
     return report if allow_partial else report.check_whole(option)
 
 
-def newest_complete(work_dir: str, besides: str = '') -> Optional[str]:
-    """The newest complete ``*.pth`` in ``work_dir`` other than ``besides``
-    (by modification time), or None."""
-    try:
-        names = [osp.join(work_dir, n) for n in os.listdir(work_dir)
-                 if n.endswith('.pth')]
-    except OSError:
-        return None
-    names = [n for n in names if osp.isfile(n) and not (
-        besides and osp.exists(besides) and osp.samefile(n, besides))]
-    for name in sorted(names, key=osp.getmtime, reverse=True):
-        if is_complete(name):
-            return name
-    return None
-
-
-def _resume_hint(work_dir: str, besides: str) -> str:
-    other = newest_complete(work_dir, besides)
+def _resume_hint(work_dir: str, besides: str, filename_tmpl: str) -> str:
+    other = newest_complete(work_dir, filename_tmpl, besides)
     return (f'; the newest complete checkpoint in {work_dir} is {other}: '
             f'resume from it with --resume {other}' if other else
             f'; {work_dir} holds no other complete checkpoint')
@@ -153,14 +134,16 @@ def check_resume(cfg: Config, model) -> None:
         cfg.load_from, cfg.resume = chosen, chosen is not None
         return
     work_dir = osp.dirname(path) or '.'
+    template = checkpoint_template(cfg)
     if not osp.exists(path):
         raise FileNotFoundError(f'--resume: checkpoint {path} does not '
-                                'exist' + _resume_hint(work_dir, path))
+                                'exist' + _resume_hint(work_dir, path,
+                                                       template))
     try:
         report = check_checkpoint(model, path)
     except TruncatedError as err:
-        raise TruncatedError(str(err) + _resume_hint(work_dir, path)) \
-            from None
+        raise TruncatedError(str(err) + _resume_hint(work_dir, path,
+                                                     template)) from None
     _check_resumable(report)
 
 

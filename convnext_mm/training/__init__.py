@@ -4,9 +4,10 @@ after its successor is complete; :mod:`.resume` picks the newest complete
 checkpoint to resume from."""
 from .atomic_backend import ATOMIC_BACKEND, AtomicLocalBackend
 from .checkpoint_hook import SafeCheckpointHook, use_safe_checkpoints
-from .resume import checkpoint_template, choose_resume
+from .resume import checkpoint_template, choose_resume, newest_complete
 
 __all__ = [
     'ATOMIC_BACKEND', 'AtomicLocalBackend', 'SafeCheckpointHook',
-    'checkpoint_template', 'choose_resume', 'use_safe_checkpoints'
+    'checkpoint_template', 'choose_resume', 'newest_complete',
+    'use_safe_checkpoints'
 ]

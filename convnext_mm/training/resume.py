@@ -48,6 +48,19 @@ def _by_step(folder: str, filename_tmpl: str) -> List[Tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def newest_complete(folder: str, filename_tmpl: str,
+                    besides: str = '') -> Optional[str]:
+    """The complete checkpoint of the highest step in ``folder`` other than
+    ``besides``, or None (what ``--resume`` names when a named checkpoint
+    cannot be read)."""
+    for _, path in _by_step(folder, filename_tmpl):
+        if besides and osp.exists(besides) and osp.samefile(path, besides):
+            continue
+        if is_complete(path):
+            return path
+    return None
+
+
 def checkpoint_template(cfg) -> str:
     """The file name pattern of the config's periodic checkpoints."""
     hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
