@@ -419,6 +419,17 @@ def test_a_second_run_on_a_work_dir_is_refused_naming_the_first(
     line = one_error_line(capsys, 'train', seg_config, '--work-dir', other)
     assert 'pid 1 on host node-7' in line and 'may still run (another ' \
         'host' in line and 'start with --ignore-lock' in line
+    # told otherwise through the config, as mmdet's/mmseg's scripts take it
+    from mmengine.config import Config
+
+    from convnext_mm.launch.runner import _checked
+    cfg = Config.fromfile(str(seg_config))
+    cfg.work_dir, cfg.ignore_lock = str(other), True
+    with as_a_new_process(io.StringIO()):
+        assert _checked(cfg, 'train')
+    assert json.loads((other / lock.LOCK_FILE).read_text())['pid'] == \
+        os.getpid()
+    lock.release(str(other))
 
 
 def test_a_lock_is_stale_once_its_process_is_gone(tmp_path):

@@ -125,7 +125,8 @@ def acquire(work_dir: str, take_over: bool = False) -> None:
                 f'work dir {work_dir} is held by another training run '
                 f'({_describe(owner)}, in {path}), which {where}; wait for '
                 'it to end or give another --work-dir (if that run has '
-                'ended, start with --ignore-lock)')
+                'ended, start with --ignore-lock; through mmdet\'s or '
+                'mmseg\'s own scripts: --cfg-options ignore_lock=True)')
     me = dict(this_process(), since=time.time())
     tmp = f'{path}.{me["pid"]}.tmp'
     with open(tmp, 'w') as f:

@@ -124,7 +124,7 @@ class PreflightRunner(Runner):
     the start of :meth:`train`, :meth:`val` or :meth:`test`. A test refuses
     a checkpoint that leaves parts of the model without weights unless the
     config says ``allow_partial=True``. A training run holds the work dir's
-    lock to its end. Our own tools check first and build a plain
+    lock to its end (``ignore_lock=True`` in the config: as ``--ignore-lock``). Our own tools check first and build a plain
     ``Runner`` (:func:`build_runner`)."""
 
     @classmethod
@@ -174,7 +174,8 @@ def _checked(cfg: Config, stage: str) -> bool:
         locked = preflight(
             cfg, STAGE_SPLITS[stage](cfg), stage == 'train',
             allow_partial=bool(cfg.get('allow_partial')),
-            partial_option='--cfg-options allow_partial=True')
+            partial_option='--cfg-options allow_partial=True',
+            ignore_lock=bool(cfg.get('ignore_lock')))
     adapt_to_device(cfg)
     return locked
 
