@@ -186,15 +186,13 @@ def run(args) -> int:
         passed = _export_and_verify(args, cfg, image, work)
         _publish(work, args.out)
     except Exception as err:  # noqa: BLE001  whatever broke, said once
-        shutil.rmtree(work, ignore_errors=True)
         detail = ' '.join(str(err).split())[:500]
         print(f'error: the export broke down ({type(err).__name__}: '
               f'{detail}); nothing was written to {args.out}',
               file=sys.stderr)
         return EXIT_BROKE_DOWN
-    except BaseException:
+    finally:  # gone after the rename; else what a breakdown left
         shutil.rmtree(work, ignore_errors=True)
-        raise
     return 0 if passed else 1
 
 

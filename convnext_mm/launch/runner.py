@@ -137,24 +137,22 @@ class PreflightRunner(Runner):
             if locked:
                 lock.release(cfg.work_dir)
             raise
-        runner._checked, runner._locked = stage, locked
+        runner._checked = stage
         return runner
 
     def _check(self, stage: str) -> None:
         if getattr(self, '_checked', None) == stage:
             return
-        self._locked = _checked(self.cfg, stage)
+        _checked(self.cfg, stage)
         self._checked = stage
         self._load_from = self.cfg.get('load_from')
         self._resume = bool(self.cfg.get('resume'))
 
     def train(self):
         self._check('train')
-        try:
+        # released only by the process that holds it (rank 0)
+        with lock.holding(self.cfg.work_dir):
             return super().train()
-        finally:
-            if self._locked:
-                lock.release(self.cfg.work_dir)
 
     def val(self):
         self._check('val')
