@@ -150,7 +150,7 @@ def test_a_scheme_registered_later_is_refused(monkeypatch):
     schemes = dict(CheckpointLoader._schemes)
     monkeypatch.setattr(CheckpointLoader, '_schemes', schemes)
     CheckpointLoader.register_scheme('later://', lambda f, m=None: 'unsafe')
-    with pytest.raises(ValueError, match='registered after'):
+    with pytest.raises(ValueError, match='this scheme is not read by'):
         _load_checkpoint('later://model.pth')
 
 

@@ -3,7 +3,7 @@ once, and say the same thing about it."""
 import torch
 
 from convnext_mm.checkpoints import (examine, load_pretrained, prepare,
-                                     prepare_whole, sources)
+                                     sources)
 from convnext_mm.models import ConvNeXt
 from helpers import captured_log, randomise_
 
@@ -70,7 +70,7 @@ def test_a_whole_model_checkpoint_is_read_once(tmp_path, monkeypatch):
     trained = randomise_(Whole())
     path = tmp_path / 'whole.pth'
     torch.save({'state_dict': trained.state_dict(), 'meta': {}}, path)
-    report = prepare_whole(Whole(), str(path))
+    report = prepare(Whole(), str(path))
     assert not report.fresh and not report.left_out
     model = Whole()
     load_checkpoint(model, str(path), map_location='cpu')

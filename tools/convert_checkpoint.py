@@ -33,9 +33,8 @@ import torch
 import _tool  # noqa: E402  (first: checkout on sys.path, warnings)
 
 from convnext_mm.arch import find_arch  # noqa: E402
-from convnext_mm.checkpoints import (LAYOUT_DESCRIPTIONS,  # noqa: E402
-                                     infer_arch, read_checkpoint,
-                                     to_convnext_mm)
+from convnext_mm.checkpoints import (LAYOUTS, infer_arch,  # noqa: E402
+                                     read_checkpoint, to_convnext_mm)
 from convnext_mm.checkpoints.report import bad_weight  # noqa: E402
 from convnext_mm.checkpoints.saving import (atomic_file,  # noqa: E402
                                             write_safetensors)
@@ -75,7 +74,7 @@ def convert(src: str, dst: Path, force: bool = False,
             write_safetensors(weights, out, metadata=meta)
         else:
             torch.save(dict(state_dict=weights, meta=meta), out)
-    print(f'{src}: {LAYOUT_DESCRIPTIONS[layout]}, ConvNeXt arch {arch}')
+    print(f'{src}: {LAYOUTS[layout].description}, ConvNeXt arch {arch}')
     print(f'wrote {len(state)} backbone tensors to {dst}; left out '
           f'{len(dropped)} others (heads, necks)')
 

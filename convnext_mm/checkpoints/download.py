@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+from ..errors import DownloadError
 from .saving import atomic_file
 
 # as torch.hub: the hex digits between the last '-' and the first '.'
@@ -53,10 +54,6 @@ def _setting(name: str) -> float:
         raise ValueError(f'{variable}={raw!r}: give a positive number '
                          f'(default {DEFAULTS[name]:g})')
     return value
-
-
-class DownloadError(OSError):
-    """A checkpoint URL could not be fetched (or did not verify)."""
 
 
 def _offline_hint(url: str) -> str:

@@ -1,62 +1,66 @@
-"""How a checkpoint maps onto a model: the one checker and its report.
+"""How a checkpoint maps onto a model: the one checker, its report, and the
+loads made from it.
 
 :func:`examine` takes a model and what :mod:`.safe_load` read, and returns a
 :class:`Report`: the layout, the tensors that load (under the model's
 names), what stays fresh, what is left out, and the problems that forbid
-loading. The pre-flight checks print it and the loaders load from it, so
-both say the same thing. Two kinds of model are examined:
+loading. The pre-flight checks (:func:`prepare`) print it and the loader
+(:func:`load_pretrained`) loads from it, so both say the same thing. Two
+kinds of model are examined:
 
 - a ConvNeXt backbone (``init_cfg=dict(type='Pretrained')``): any known
   layout is converted to our names (:mod:`.layouts`), the arch and GRN are
-  compared, and a classifier's final norm is placed as ``final_norm`` says
-  (``'fresh'``: the paper's start, norm0..norm3 begin as ones/zeros;
-  ``'copy'``: into the last stage norm, as mmdet 3.x does). A classification
-  model applies the final norm to pooled vectors, so there it is copied;
+  compared, and a classifier's final norm is placed as the backbone's
+  ``final_norm`` says (``'fresh'``: the paper's start, norm0..norm3 begin as
+  ones/zeros; ``'copy'``: into the last stage norm, as mmdet 3.x does). A
+  classification model applies the final norm to pooled vectors, so there
+  it is copied;
 - a whole model (``load_from``, a test or deploy checkpoint): the state dict
-  as mmengine loads it (``state_dict`` unwrapped, ``module.`` stripped); a
-  ConvNeXt backbone's arch is compared as above.
+  as mmengine loads it (``state_dict`` unwrapped, ``module.`` stripped, a
+  Hugging Face UperNet under mmseg's names); a ConvNeXt backbone's arch is
+  compared as above.
 
 Problems are weights that would load silently wrong (mmengine copies NaN/Inf,
 integer tensors cast to the parameter's dtype, and meta tensors without a
 word) and shapes that do not fit.
 """
-from collections import OrderedDict
+import os
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
 import torch
+from mmengine.logging import print_log
 
 from ..arch import find_arch
-from .layouts import LAYOUT_DESCRIPTIONS, infer_arch, to_convnext_mm, unwrap
+from .layouts import (LAYOUTS, as_mmseg_checkpoint, infer_arch,
+                      to_convnext_mm, unwrap)
+from .sources import read_checkpoint
 
-FINAL_NORM = ('fresh', 'copy')
 WHOLE_MODEL = 'whole_model'
 
 
-def check_final_norm(value) -> str:
-    """The ``final_norm`` choice of a Pretrained init_cfg, checked."""
-    if value is None:
-        return 'fresh'
-    if value not in FINAL_NORM:
-        raise ValueError(
-            f"init_cfg final_norm={value!r}: use 'fresh' (the paper's start: "
-            "norm0..norm3 begin as ones/zeros) or 'copy' (the classifier's "
-            'final norm goes into the last stage norm, as mmdet 3.x does)')
-    return value
+def _counts(names: Iterable[str], depth=lambda parts: 1) -> Counter:
+    """How many of ``names`` fall under each leading module (the first
+    ``depth(parts)`` parts of a name), in order of first appearance."""
+    return Counter('.'.join(n.split('.')[:depth(n.split('.'))])
+                   for n in names)
 
 
 def summarise(names: Iterable[str], limit: int = 8) -> str:
     """'norm0 (2), stages.1 (40)' style summary grouped by leading module."""
-    groups: Dict[str, int] = OrderedDict()
-    for name in names:
-        parts = name.split('.')
-        depth = 2 if parts[0] in ('stages', 'backbone') else 1
-        head = '.'.join(parts[:depth])
-        groups[head] = groups.get(head, 0) + 1
-    shown = [f'{g} ({n})' for g, n in list(groups.items())[:limit]]
+    groups = list(_counts(names, lambda parts: 2 if parts[0] in (
+        'stages', 'backbone') else 1).items())
+    shown = [f'{g} ({n})' for g, n in groups[:limit]]
     if len(groups) > limit:
         shown.append(f'... {len(groups) - limit} more')
     return ', '.join(shown)
+
+
+def _parts(names: Iterable[str]) -> str:
+    """'neck (12 tensors), roi_head (30 tensors)': by top-level module."""
+    return ', '.join(f'{k} ({n} tensor{"s" * (n != 1)})'
+                     for k, n in _counts(names).items())
 
 
 @dataclass
@@ -64,7 +68,7 @@ class Report:
     """What a checkpoint gives a model; see the module docstring."""
     source: str
     layout: str
-    state: Dict[str, torch.Tensor]
+    state: Dict[str, torch.Tensor] = field(default_factory=OrderedDict)
     loaded: List[str] = field(default_factory=list)
     fresh: List[str] = field(default_factory=list)
     left_out: List[str] = field(default_factory=list)
@@ -103,9 +107,10 @@ class Report:
 
     def lines(self) -> List[str]:
         """The report as logged: layout, loaded, fresh, left out."""
-        name = 'a whole model\'s state dict' if self.layout == \
-            WHOLE_MODEL else LAYOUT_DESCRIPTIONS[self.layout]
-        part = 'backbone' if self.layout != WHOLE_MODEL else 'model'
+        whole = self.layout == WHOLE_MODEL
+        name = "a whole model's state dict" if whole else \
+            LAYOUTS[self.layout].description
+        part = 'model' if whole else 'backbone'
         lines = [f'ConvNeXt: {self.source}: layout {name}',
                  f"  loaded: {len(self.loaded)} of the {part}'s "
                  f'{self.model_size} tensors' +
@@ -117,16 +122,6 @@ class Report:
             lines.append(f'  left out (not part of this {part}): '
                          f'{summarise(self.left_out)}')
         return lines
-
-
-def _parts(names: Iterable[str]) -> str:
-    """'neck (12 tensors), roi_head (30 tensors)': by top-level module."""
-    counts: Dict[str, int] = OrderedDict()
-    for name in names:
-        top = name.split('.')[0]
-        counts[top] = counts.get(top, 0) + 1
-    return ', '.join(f'{k} ({n} tensor{"s" * (n != 1)})'
-                     for k, n in counts.items())
 
 
 def bad_weight(name: str, value: torch.Tensor,
@@ -159,8 +154,8 @@ def is_convnext(module) -> bool:
     it: its arch, GRN and final-norm settings; the class itself lives in
     :mod:`convnext_mm.models`, which loads through this package)."""
     return all(hasattr(module, name) for name in (
-        'depths', 'channels', 'use_grn', 'num_stages',
-        'gap_before_final_norm')) and hasattr(module, 'downsample_layers')
+        'depths', 'channels', 'use_grn', 'num_stages', 'final_norm',
+        'gap_before_final_norm', 'downsample_layers'))
 
 
 def _describe(depths, channels) -> str:
@@ -192,9 +187,9 @@ def _arch_problem(backbone, state) -> Optional[str]:
     return None
 
 
-def _place_final_norm(backbone, state, final_norm: str) -> str:
-    """Copy or leave out a classifier's final norm (``norm.*``); return the
-    note for the report, if any."""
+def _place_final_norm(backbone, state) -> str:
+    """Copy or leave out a classifier's final norm (``norm.*``) as the
+    backbone's ``final_norm`` says; return the note for the report."""
     if 'norm.weight' not in state:
         if not any(k.startswith('norm') for k in state):
             return (' (expected: the checkpoint has no final norm, as ConvNeXt'
@@ -204,7 +199,7 @@ def _place_final_norm(backbone, state, final_norm: str) -> str:
     last = f'norm{backbone.num_stages - 1}'
     if not hasattr(backbone, last):
         return ''
-    if backbone.gap_before_final_norm or final_norm == 'copy':
+    if backbone.gap_before_final_norm or backbone.final_norm == 'copy':
         for name in ('weight', 'bias'):
             if f'norm.{name}' in state:
                 state[f'{last}.{name}'] = state.pop(f'norm.{name}')
@@ -237,8 +232,21 @@ def _fill(report: Report, own: Dict[str, torch.Tensor], state,
     return report
 
 
-def examine(model, checkpoint, source: str, prefix: Optional[str] = None,
-            final_norm: Optional[str] = None) -> Report:
+def _convert(backbone, checkpoint, source: str, prefix=None, what=''):
+    """``checkpoint`` under our ConvNeXt's names, checked against
+    ``backbone``'s arch: (state, what is not backbone, layout)."""
+    try:
+        state, dropped, layout = to_convnext_mm(checkpoint, prefix=prefix)
+    except ValueError as err:
+        raise ValueError(f'{source}: {what}{err}') from None
+    problem = _arch_problem(backbone, state)
+    if problem:
+        raise ValueError(f'{source} {problem}')
+    return state, dropped, layout
+
+
+def examine(model, checkpoint, source: str,
+            prefix: Optional[str] = None) -> Report:
     """Map ``checkpoint`` (as read) onto ``model``: a ConvNeXt backbone or a
     whole model (see the module docstring). ``model`` may be built on the
     meta device (only shapes and dtypes are compared). Structural mismatches
@@ -246,38 +254,70 @@ def examine(model, checkpoint, source: str, prefix: Optional[str] = None,
     in the report's ``problems``."""
     own = model.state_dict()
     if is_convnext(model):
-        final_norm = check_final_norm(final_norm)
-        try:
-            state, dropped, layout = to_convnext_mm(checkpoint, prefix=prefix)
-        except ValueError as err:
-            raise ValueError(f'{source}: {err}') from None
-        problem = _arch_problem(model, state)
-        if problem:
-            raise ValueError(f'{source} {problem}')
-        note = _place_final_norm(model, state, final_norm)
-        report = Report(source, layout, OrderedDict(), note=note)
-        return _fill(report, own, state, dropped)
+        state, dropped, layout = _convert(model, checkpoint, source, prefix)
+        note = _place_final_norm(model, state)
+        return _fill(Report(source, layout, note=note), own, state, dropped)
+    checkpoint = as_mmseg_checkpoint(source, checkpoint)
     try:
         state = unwrap(checkpoint)
     except ValueError as err:
         raise ValueError(f'{source}: {err}') from None
-    if all(k.startswith('module.') for k in state):
-        state = OrderedDict((k[7:], v) for k, v in state.items())
     backbone = getattr(model, 'backbone', None)
-    if is_convnext(backbone) and any(
-            k.startswith('backbone.') for k in state):
-        try:
-            converted, _, _ = to_convnext_mm(
-                {k: v for k, v in state.items()
-                 if k.startswith('backbone.')})
-        except ValueError as err:
-            raise ValueError(f'{source}: its backbone: {err}') from None
-        problem = _arch_problem(backbone, converted)
-        if problem:
-            raise ValueError(f'{source} {problem}')
-    report = _fill(Report(source, WHOLE_MODEL, OrderedDict()), own, state, [])
+    if is_convnext(backbone) and any(k.startswith('backbone.') for k in state):
+        _convert(backbone, OrderedDict((k, v) for k, v in state.items()
+                                       if k.startswith('backbone.')),
+                 source, what='its backbone: ')
+    report = _fill(Report(source, WHOLE_MODEL), own, state, [])
+    report.contents = [str(k) for k in checkpoint]
     if not report.loaded and not report.problems:
         raise ValueError(
             f'{source} shares no parameter name with the model of this '
             f'config; its first keys: {", ".join(list(state)[:5])}')
     return report
+
+
+def _source(checkpoint) -> str:
+    return os.fspath(checkpoint) if isinstance(checkpoint, (
+        str, os.PathLike)) else 'the checkpoint'
+
+
+def _read(model, checkpoint, map_location='cpu', keep=False):
+    """``checkpoint`` (a name, or what was read) for ``model``; a backbone's
+    missing one named with the ``init_cfg`` that names it."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint
+    try:
+        return read_checkpoint(checkpoint, map_location, keep=keep)
+    except FileNotFoundError as err:
+        if not is_convnext(model):
+            raise
+        raise FileNotFoundError(
+            f'pretrained checkpoint not found: {err}. Set '
+            "init_cfg=dict(type='Pretrained', checkpoint=...) to a local "
+            'checkpoint file or an http(s) URL') from None
+
+
+def prepare(model, checkpoint, prefix: Optional[str] = None) -> Report:
+    """The pre-flight check of ``checkpoint`` for ``model`` (a backbone's
+    pretrained checkpoint or a whole model's; the model possibly shapes
+    only): one ValueError if it cannot load, else its report. What was read
+    is kept for the run's own load (:func:`.sources.read_checkpoint`)."""
+    return examine(model, _read(model, checkpoint, keep=True),
+                   _source(checkpoint), prefix).check()
+
+
+def load_pretrained(model, checkpoint, prefix: Optional[str] = None,
+                    map_location='cpu') -> Dict[str, List[str]]:
+    """Load ``checkpoint`` (a path, URL or loaded dict) into a ConvNeXt.
+
+    The layout is recognised automatically; the backbone's ``final_norm``
+    says where a classification checkpoint's final norm goes. Logs the
+    report (layout, loaded, fresh, left out) and returns those lists under
+    the keys ``loaded``, ``fresh``, ``left_out`` and the ``layout`` name.
+    """
+    report = examine(model, _read(model, checkpoint, map_location),
+                     _source(checkpoint), prefix).check()
+    model.load_state_dict(report.state, strict=False)
+    print_log('\n'.join(report.lines()), logger='current')
+    return dict(loaded=report.loaded, fresh=report.fresh,
+                left_out=report.left_out, layout=report.layout)

@@ -33,10 +33,10 @@ from typing import Dict
 
 import torch
 
+from ..errors import (CheckpointFileError, CheckpointTooCostlyError,
+                      MalformedPickleError, TruncatedError,
+                      UnsafeCheckpointError)
 from . import torch_file
-from .unpickler import (CheckpointFileError, CheckpointTooCostlyError,
-                        MalformedPickleError, TruncatedError,
-                        UnsafeCheckpointError)
 from .vocabulary import KIND_REFUSAL, MAX_DIMS
 
 __all__ = [

@@ -17,6 +17,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..errors import NoSpaceError
+
 
 def _umask() -> int:
     """The process umask, read from /proc where Linux has it (setting it to
@@ -36,11 +38,6 @@ def _umask() -> int:
 PARTIAL_SUFFIX = '.partial'
 # a full disk or quota: the write is abandoned, its partial file removed
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class NoSpaceError(OSError):
-    """A file could not be written whole for want of space; nothing of it
-    was left on disk."""
 
 
 def partial_of(name: str) -> str:

@@ -1,92 +1,88 @@
-"""Where a checkpoint comes from, and reading it once per run.
+"""Where a checkpoint comes from, and the package's one cache.
 
-A checkpoint is named by a local path (file or Hugging Face folder), an
-http(s) URL, or one of the names mmengine's ``CheckpointLoader`` knows:
-``open-mmlab://`` / ``openmmlab://`` and ``mmcls://`` (mmengine's model-zoo
-tables), ``torchvision://`` / ``modelzoo://`` (torchvision's weight URLs),
-``s3://`` / ``petrel://`` (mmengine's file backends, bytes fetched and read
-in memory). Each is turned into bytes on this machine here and then read by
-:func:`.safe_load.read_file`; a name of any other scheme (``pavi://``, or
-one registered later) is refused, since its loader would read the file with
-an unchecked ``torch.load``.
-
-:func:`read_checkpoint` reads; :func:`keep` lets a pre-flight check hand
-what it read to the next read of the same file (the runner's load), so a
-run reads each checkpoint once.
+A checkpoint is named by a local path (a file or a Hugging Face folder), or
+by one of the schemes of mmengine's ``CheckpointLoader`` in :data:`SCHEMES`:
+http(s) URLs (downloaded once, :mod:`.download`), mmengine's model-zoo names
+(``open-mmlab://``, ``mmcls://``, ``torchvision://``: the URL or file its
+tables name), and ``s3://`` / ``petrel://`` (bytes through mmengine's file
+backend). Each is read by :mod:`.safe_load`. A name of any other scheme
+(``pavi://``, one registered later) is refused by :func:`refused`: its
+mmengine loader would read the file with an unchecked ``torch.load``.
 """
 import io
 import os
 import os.path as osp
 import re
-from typing import Optional, Tuple
 
-from .download import cache_path, cached_download
-from .safe_load import CheckpointFileError, read_file, safe_torch_load
+from ..errors import UnsupportedSchemeError
+from .download import cached_download
+from .safe_load import read_file, safe_torch_load
 
-# mmengine's schemes, as regular expressions matched at the start of a name
-MODEL_ZOO = ('open-mmlab://', 'openmmlab://')
-MMCLS = 'mmcls://'
-TORCHVISION = ('torchvision://', 'modelzoo://')
-HTTP = ('http://', 'https://')
-BACKENDS = (r'(\S+\:)?s3://', r'(\S+\:)?petrel://')
-_SCHEME = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:(\S+:)?//')
+# mmengine's scheme prefixes (regular expressions matched at the start of a
+# name) and how a name of each is read
+SCHEMES = {
+    'http://': 'url', 'https://': 'url',
+    'open-mmlab://': 'open-mmlab', 'openmmlab://': 'open-mmlab',
+    'mmcls://': 'mmcls',
+    'torchvision://': 'torchvision', 'modelzoo://': 'torchvision',
+    r'(\S+\:)?s3://': 'backend', r'(\S+\:)?petrel://': 'backend',
+}
+_ANY_SCHEME = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:(\S+:)?//')
+
+# The package's one cache: the checkpoint a pre-flight check read
+# (``read_checkpoint(..., keep=True)``), under its name and the file's
+# identity (real path, size, mtime, inode). The next read_checkpoint takes
+# it if it is of that name and the file is unchanged, and drops it in any
+# case: it carries one file from a run's pre-flight to the runner's load.
+_KEPT: dict = {}
 
 
-class UnsupportedSchemeError(CheckpointFileError):
-    """A checkpoint name whose scheme convnext_mm cannot read safely."""
+def refused(name: str) -> UnsupportedSchemeError:
+    """The refusal of a name whose scheme is not read safely."""
+    return UnsupportedSchemeError(
+        f"checkpoint {name}: this scheme is not read by convnext_mm's safe "
+        "loader (mmengine's loader for it, or one registered after "
+        "convnext_mm's, would unpickle the file unchecked); copy the file "
+        'to a local path or an http(s) URL and give that')
 
 
-def _zoo_url(name: str) -> str:
-    """The URL (or local file under mmengine's home) an mmengine model-zoo
-    name stands for."""
+def scheme(name: str) -> str:
+    """How ``name`` is read: a value of :data:`SCHEMES`, or 'file'."""
+    for prefix, kind in SCHEMES.items():
+        if re.match(prefix, name):
+            return kind
+    if _ANY_SCHEME.match(name):
+        raise refused(name)
+    return 'file'
+
+
+def _zoo_target(name: str, kind: str) -> str:
+    """The URL (or local file under mmengine's home) of a model-zoo name."""
     from mmengine.runner import checkpoint as mm
-    if name.startswith(MODEL_ZOO):
-        key = name.split('://', 1)[1]
+    key = name.split('://', 1)[1]
+    if kind == 'open-mmlab':
         key = mm.get_deprecated_model_names().get(key, key)
-        table, what = mm.get_external_models(), 'open-mmlab://'
-    elif name.startswith(MMCLS):
-        key, table, what = name[len(MMCLS):], mm.get_mmcls_models(), MMCLS
-    else:
-        key = name.split('://', 1)[1]
-        table, what = mm.get_torchvision_models(), 'torchvision://'
-    if key not in table:
-        raise KeyError(f'{name}: mmengine has no {what} model named '
+    table = {'open-mmlab': mm.get_external_models, 'mmcls':
+             mm.get_mmcls_models, 'torchvision': mm.get_torchvision_models}
+    models = table[kind]()
+    if key not in models:
+        raise KeyError(f'{name}: mmengine has no {kind}:// model named '
                        f'{key!r}; give a checkpoint path or URL instead')
-    target = table[key]
-    if target.startswith(HTTP):
-        return target
-    return osp.join(mm._get_mmengine_home(), target)
+    if scheme(models[key]) == 'url':
+        return models[key]
+    return osp.join(mm._get_mmengine_home(), models[key])
 
 
-def locate(name: str, model_dir: Optional[str] = None) -> str:
-    """The local path of checkpoint ``name`` (downloading a URL into the
-    cache first). Raises :class:`UnsupportedSchemeError` for schemes that
-    cannot be read safely."""
-    name = os.fspath(name)
-    if name.startswith(MODEL_ZOO + (MMCLS, ) + TORCHVISION):
-        name = _zoo_url(name)
-    if name.startswith(HTTP):
-        return cached_download(name, model_dir=model_dir)
-    scheme = _SCHEME.match(name)
-    if scheme and not any(re.match(p, name) for p in BACKENDS):
-        raise UnsupportedSchemeError(
-            f'checkpoint {name}: the {scheme.group()} scheme is not read by '
-            "convnext_mm's safe loader (its mmengine loader would unpickle "
-            'the file unchecked); copy the file to a local path (or an '
-            'http(s) URL) and give that')
-    return name
+def locate(name: str) -> str:
+    """The local path of checkpoint ``name``, a URL downloaded first."""
+    kind = scheme(name)
+    if kind in ('open-mmlab', 'mmcls', 'torchvision'):
+        name = _zoo_target(name, kind)
+        kind = scheme(name)
+    return cached_download(name) if kind == 'url' else name
 
 
-def _read_backend(name: str, map_location):
-    """s3:// and petrel:// names: the bytes through mmengine's file backend,
-    read in memory as any torch file."""
-    from mmengine.fileio import get_file_backend
-    backend = get_file_backend(name, backend_args={'backend': 'petrel'})
-    with io.BytesIO(backend.get(name)) as buffer:
-        return safe_torch_load(buffer, map_location=map_location)
-
-
-def identity(path: str) -> Tuple:
+def _identity(path: str) -> tuple:
     try:
         stat = os.stat(path)
     except OSError:
@@ -94,33 +90,23 @@ def identity(path: str) -> Tuple:
     return (osp.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-_KEPT: dict = {}
-
-
-def keep(name: str, checkpoint) -> None:
-    """Hand ``checkpoint``, just read from ``name``, to the next
-    :func:`read_checkpoint` of the same unchanged file (one is kept)."""
-    _KEPT.clear()
-    if not _SCHEME.match(os.fspath(name)) or os.fspath(name).startswith(
-            HTTP):
-        _KEPT[(os.fspath(name), identity(locate_cached(name)))] = checkpoint
-
-
-def locate_cached(name: str) -> str:
-    """:func:`locate` for a name already read (no download)."""
-    name = os.fspath(name)
-    return cache_path(name) if name.startswith(HTTP) else name
-
-
-def read_checkpoint(name, map_location='cpu'):
+def read_checkpoint(name, map_location='cpu', keep: bool = False):
     """Read checkpoint ``name`` (see the module docstring) without running
-    code; a file a pre-flight check :func:`keep`-s is not read again."""
+    code; with ``keep``, hand what was read to the next read of the same
+    unchanged file (see ``_KEPT``)."""
     name = os.fspath(name)
-    if any(re.match(p, name) for p in BACKENDS):
-        return _read_backend(name, map_location)
+    if scheme(name) == 'backend':
+        _KEPT.clear()
+        from mmengine.fileio import get_file_backend
+        backend = get_file_backend(name, backend_args={'backend': 'petrel'})
+        with io.BytesIO(backend.get(name)) as buffer:
+            return safe_torch_load(buffer, map_location=map_location)
     path = locate(name)
-    kept = _KEPT.pop((name, identity(path)), None)
+    key = (name, _identity(path))
+    checkpoint = _KEPT.pop(key, None)
     _KEPT.clear()
-    if kept is not None and map_location in (None, 'cpu'):
-        return kept
-    return read_file(path, map_location=map_location)
+    if checkpoint is None or map_location not in (None, 'cpu'):
+        checkpoint = read_file(path, map_location=map_location)
+    if keep and map_location in (None, 'cpu'):
+        _KEPT[key] = checkpoint
+    return checkpoint

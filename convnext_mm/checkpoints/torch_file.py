@@ -30,9 +30,10 @@ from typing import BinaryIO, Dict, Optional
 
 import torch
 
-from .unpickler import (CheckpointFileError, CheckpointTooCostlyError,
-                        Machine, MalformedPickleError, TruncatedError,
-                        UnsafeCheckpointError)
+from ..errors import (CheckpointFileError, CheckpointTooCostlyError,
+                      MalformedPickleError, TruncatedError,
+                      UnsafeCheckpointError)
+from .unpickler import Machine
 from .vocabulary import VOCABULARY, Storage, StorageType
 
 MAX_INFLATION = 20  # uncompressed / compressed size of one zip record
@@ -44,10 +45,6 @@ _LOCAL = struct.Struct('<4s2B4HL2L2H')  # a zip local file header
 _EOCD = struct.Struct('<4s4H2LH')
 _KEY = re.compile(r'[0-9A-Za-z_.-]{1,64}')
 _LOCATION = re.compile(r'[a-z]{2,16}(:\d{1,4})?')
-
-
-class TorchFileError(CheckpointFileError):
-    """A file that is not a torch checkpoint this module reads."""
 
 
 def _restore(map_location):
@@ -133,48 +130,48 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
                 f'{where} is truncated: it starts as a torch zip checkpoint '
                 'but has no zip directory at its end (an interrupted save '
                 'or download?)') from None
-        raise TorchFileError(f'{where}: a damaged zip checkpoint '
+        raise CheckpointFileError(f'{where}: a damaged zip checkpoint '
                              f'({err})') from None
     infos = archive.infolist()
     if any('\0' in i.orig_filename for i in infos):
         # zipfile cuts a name at its NUL, torch's reader does not: the two
         # would read different records
-        raise TorchFileError(f'{where}: a zip record name holds a NUL '
+        raise CheckpointFileError(f'{where}: a zip record name holds a NUL '
                              'byte; refusing a file that reads two ways')
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
-        raise TorchFileError(f'{where}: the zip checkpoint names a record '
+        raise CheckpointFileError(f'{where}: the zip checkpoint names a record '
                              'twice; refusing a file that reads two ways')
     pickles = [n for n in names if n.endswith('/data.pkl')
                and n.count('/') == 1]
     if len(pickles) != 1:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: a zip file that is not a torch checkpoint (no '
             '<name>/data.pkl record)')
     prefix = pickles[0][:-len('data.pkl')]
     stray = [n for n in names if not n.startswith(prefix)]
     if stray:
-        raise TorchFileError(f'{where}: the zip checkpoint has records '
+        raise CheckpointFileError(f'{where}: the zip checkpoint has records '
                              f'outside {prefix}: {stray[0][:80]}')
     offset, data_at = 0, {}
     ordered = sorted(infos, key=lambda i: i.header_offset)
     starts = [i.header_offset for i in ordered[1:]] + [archive.start_dir]
     for info, following in zip(ordered, starts):
         if info.header_offset != offset:
-            raise TorchFileError(
+            raise CheckpointFileError(
                 f'{where}: the zip checkpoint has '
                 f'{info.header_offset - offset:,} unaccounted bytes before '
                 f'{info.filename[:80]}; refusing a file that reads two ways')
         handle.seek(offset)
         header = handle.read(_LOCAL.size)
         if len(header) != _LOCAL.size or header[:4] != _ZIP_MAGIC:
-            raise TorchFileError(f'{where}: a damaged zip record '
+            raise CheckpointFileError(f'{where}: a damaged zip record '
                                  f'{info.filename[:80]}')
         fields = _LOCAL.unpack(header)
         name = handle.read(fields[-2])
         if name != info.orig_filename.encode(
                 'utf-8' if info.flag_bits & 0x800 else 'cp437'):
-            raise TorchFileError(
+            raise CheckpointFileError(
                 f'{where}: record {info.filename[:80]} has another name in '
                 'its header; refusing a file that reads two ways')
         data_at[info.filename] = offset + _LOCAL.size + fields[-2] + \
@@ -184,11 +181,11 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
             offset += _descriptor_length(handle, offset, following - offset,
                                          info, where)
         if info.flag_bits & 0x1:
-            raise TorchFileError(f'{where}: record {info.filename[:80]} is '
+            raise CheckpointFileError(f'{where}: record {info.filename[:80]} is '
                                  'damaged (encrypted; torch never encrypts)')
         if info.compress_type == zipfile.ZIP_STORED and \
                 info.file_size != info.compress_size:
-            raise TorchFileError(
+            raise CheckpointFileError(
                 f'{where}: record {info.filename[:80]} is stored (not '
                 f'compressed) in {info.compress_size:,} bytes but announces '
                 f'{info.file_size:,}')
@@ -200,7 +197,7 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
                 f'{MAX_INFLATION}x; torch.save never compresses): a '
                 'decompression bomb. Refusing to load it')
     if offset != archive.start_dir:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: the zip checkpoint\'s directory is not where its '
             'records end (a second directory?); refusing a file that reads '
             'two ways')
@@ -208,7 +205,7 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     end = handle.read(_EOCD.size)
     if len(end) != _EOCD.size or end[:4] != b'PK\x05\x06' or \
             _EOCD.unpack(end)[-1] != 0:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: data follows the zip checkpoint\'s end record; '
             'refusing a file that reads two ways')
     directory_end = size - _EOCD.size
@@ -223,11 +220,11 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
             head = handle.read(48)
         if head[:4] != b'PK\x06\x06' or len(head) < 48 or record + 12 + \
                 struct.unpack('<Q', head[4:12])[0] != directory_end - 20:
-            raise TorchFileError(f'{where}: a damaged zip64 end record')
+            raise CheckpointFileError(f'{where}: a damaged zip64 end record')
         cd_size = struct.unpack('<Q', head[40:48])[0]
         directory_end = record
     if archive.start_dir + cd_size != directory_end:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: the zip checkpoint has bytes between its directory '
             'and its end record (a second directory?); refusing a file that '
             'reads two ways')
@@ -250,7 +247,7 @@ def _descriptor_length(handle, offset, room, info, where) -> int:
                 fmt, sizes) == (info.compress_size, info.file_size) and \
                 start + 4 + width == room:
             return start + 4 + width
-    raise TorchFileError(f'{where}: the data descriptor of '
+    raise CheckpointFileError(f'{where}: the data descriptor of '
                          f'{info.filename[:80]} does not match its directory '
                          'entry')
 
@@ -325,7 +322,7 @@ def _read_member(archive, info, where: str) -> bytearray:
             NotImplementedError, RuntimeError) as err:
         # NotImplementedError: a compression method zipfile lacks;
         # RuntimeError: an encrypted record
-        raise TorchFileError(f'{where}: record {info.filename[:80]} is '
+        raise CheckpointFileError(f'{where}: record {info.filename[:80]} is '
                              f'damaged ({err})') from None
     return data
 
@@ -338,7 +335,7 @@ def _load_zip(handle, size, where, map_location):
     del archive, data_at
     if prefix + 'byteorder' in records.entries and \
             records.read_bytes(prefix + 'byteorder') != b'little':
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where} was saved on a big-endian machine; convnext_mm reads '
             'little-endian checkpoints (re-save it on x86 or Arm)')
     pickle_size = records.entries[prefix + 'data.pkl'][1]
@@ -378,12 +375,12 @@ def _load_legacy(handle, size, where, map_location):
             raise
         magic = None
     if magic != _LEGACY_MAGIC:
-        raise TorchFileError(f'{where} is not a PyTorch checkpoint (neither '
+        raise CheckpointFileError(f'{where} is not a PyTorch checkpoint (neither '
                              'a zip nor a legacy torch file)')
     version, info = (_run_pickle(handle, size, where) for _ in range(2))
     if version != _LEGACY_VERSION or not isinstance(info, dict) or \
             info.get('little_endian') is not True:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: a legacy torch file of protocol {version!r} or from '
             'a big-endian machine; re-save it with a current torch')
     # storages are filled after the main pickle: its tensors share them
@@ -407,7 +404,7 @@ def _load_legacy(handle, size, where, map_location):
             raise TruncatedError(f'{where} is truncated in storage {key} '
                                  '(an interrupted save or download?)')
     if handle.tell() != size:
-        raise TorchFileError(
+        raise CheckpointFileError(
             f'{where}: {size - handle.tell():,} bytes follow the legacy '
             'checkpoint\'s data; refusing a file that reads two ways')
     if map_location not in (None, 'cpu') and storages.by_key:
@@ -472,7 +469,7 @@ def load(file, map_location=None, where: Optional[str] = None):
                 'the file, convert it once with python tools/'
                 'convert_checkpoint.py --trusted OLD NEW and load NEW')
         if head[:1] != pickle.PROTO and head[:1] not in b'(}]cK':
-            raise TorchFileError(
+            raise CheckpointFileError(
                 f'{where} is not a PyTorch checkpoint: it is neither a zip '
                 'nor a pickle stream')
         return _load_legacy(handle, size, where, map_location)

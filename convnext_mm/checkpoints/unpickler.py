@@ -29,10 +29,12 @@ What a file can do wrong has three answers: :class:`UnsafeCheckpointError`
 ones as :class:`TruncatedError`).
 """
 import io
-import pickle
 import pickletools
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..errors import (CheckpointTooCostlyError, MalformedPickleError,
+                      TruncatedError, UnsafeCheckpointError)
 
 MAX_PICKLE_OPS = 10_000_000
 MAX_DEPTH = 100
@@ -44,27 +46,6 @@ MAX_HASHED_ELEMENTS = 1_000_000
 _SMALL_INT = (1 << 61) - 1  # ints below this hash to distinct values
 # Python 2 names that protocol-2 pickles use (pickle's fix_imports)
 _PY2_MODULES = {'__builtin__': 'builtins', 'copy_reg': 'copyreg'}
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint asked to build something outside the vocabulary."""
-
-
-class CheckpointFileError(ValueError):
-    """A file that cannot be read as a checkpoint (the base of the reader's
-    other refusals)."""
-
-
-class CheckpointTooCostlyError(CheckpointFileError):
-    """A checkpoint whose loading would cost unbounded time or memory."""
-
-
-class MalformedPickleError(CheckpointFileError):
-    """Bytes that are not a well-formed pickle."""
-
-
-class TruncatedError(MalformedPickleError):
-    """A file that ends before what it announces (an interrupted save)."""
 
 
 class Internal:

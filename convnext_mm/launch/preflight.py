@@ -18,8 +18,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.registry import MODELS, init_default_scope
 
-from ..checkpoints import TruncatedError, prepare, prepare_whole
-from ..errors import ConfigError
+from ..checkpoints import prepare
+from ..errors import ConfigError, TruncatedError
 from ..optim.lr_decay import check_paramwise_cfg
 from ..training import checkpoint_template, choose_resume, newest_complete
 from .shapes import check_shapes
@@ -79,8 +79,7 @@ def check_model(cfg: Config, training: bool):
     init = getattr(backbone, 'init_cfg', None)
     if training and not cfg.get('load_from') and not cfg.get('resume') and \
             isinstance(init, dict) and init.get('type') == 'Pretrained':
-        prepare(backbone, init['checkpoint'], init.get('prefix'),
-                init.get('final_norm'))
+        prepare(backbone, init['checkpoint'], init.get('prefix'))
     return model
 
 
@@ -99,7 +98,7 @@ def check_checkpoint(model, checkpoint: str, allow_partial: bool = True,
     """
     while hasattr(model, 'module'):  # DDP and TTA wrappers
         model = model.module
-    report = prepare_whole(model, checkpoint)
+    report = prepare(model, checkpoint)
     return report if allow_partial else report.check_whole(option)
 
 

@@ -10,8 +10,8 @@ from typing import Callable, List
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from ..checkpoints.saving import NO_SPACE, NoSpaceError
-from ..errors import user_errors
+from ..checkpoints.saving import NO_SPACE
+from ..errors import NoSpaceError, user_errors
 from ..registry import RUNNERS
 from ..training import use_safe_checkpoints
 from .config import adapt_to_device, load_config

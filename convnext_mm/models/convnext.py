@@ -28,7 +28,7 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from ..arch import ARCH_SETTINGS
-from ..checkpoints.pretrained import check_final_norm, load_pretrained
+from ..checkpoints.report import load_pretrained
 from ..registry import MODELS, register_everywhere
 from . import cpu_fused
 
@@ -188,9 +188,9 @@ class ConvNeXt(BaseModule):
                     'ConvNeXt got both pretrained and init_cfg; set only '
                     "init_cfg=dict(type='Pretrained', checkpoint=...)")
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            check_final_norm(init_cfg.get('final_norm'))
+        final_norm = _parse_final_norm(init_cfg)
         super().__init__(init_cfg=init_cfg)
+        self.final_norm = final_norm
         self.arch = arch
         self.depths, self.channels = _parse_arch(arch)
         self.num_stages = len(self.depths)
@@ -286,11 +286,23 @@ class ConvNeXt(BaseModule):
                 self,
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),
-                map_location=cfg.get('map_location', 'cpu'),
-                final_norm=cfg.get('final_norm'))
+                map_location=cfg.get('map_location', 'cpu'))
         elif cfg is not None:
             super().init_weights()
         self._is_init = True
+
+
+def _parse_final_norm(init_cfg) -> str:
+    """Where a ``Pretrained`` classification checkpoint's final norm goes
+    (read by :mod:`convnext_mm.checkpoints.report`)."""
+    value = init_cfg.get('final_norm') if isinstance(init_cfg, dict) and \
+        init_cfg.get('type') == 'Pretrained' else None
+    if value not in (None, 'fresh', 'copy'):
+        raise ValueError(
+            f"init_cfg final_norm={value!r}: use 'fresh' (the paper's start: "
+            "norm0..norm3 begin as ones/zeros) or 'copy' (the classifier's "
+            'final norm goes into the last stage norm, as mmdet 3.x does)')
+    return value or 'fresh'
 
 
 def _parse_arch(arch):
