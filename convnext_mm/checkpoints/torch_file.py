@@ -7,16 +7,18 @@ only be read by running its pickles), anything else the legacy stream. Then
 every byte of the file is accounted for before anything is built from it:
 
 - zip: the records lie back to back from offset 0, each where the central
-  directory says and no other, the directory follows the last one and the
-  end record ends the file. A second directory, a prefix (a pickle with a
-  zip appended), trailing data, duplicate or stray names, a deflated record
-  inflating past :data:`MAX_INFLATION` are refused;
+  directory says and named as it says, the directory follows the last one
+  and the end record ends the file. A second directory, a prefix (a pickle
+  with a zip appended), trailing data, duplicate, stray or NUL-holding
+  names, a deflated record inflating past :data:`MAX_INFLATION` are
+  refused;
 - legacy: the five pickles and the storages they announce fill the file
-  exactly, each storage's length checked against its announced size.
+  exactly, each storage's size checked against the bytes left before it is
+  allocated.
 
-Pickles are read by :mod:`.unpickler` with :mod:`.vocabulary`; storages are
-read into memory by this module and handed to the tensors' builders.
-``map_location`` is applied to each storage as ``torch.load`` applies it.
+Pickles are read by :mod:`.unpickler` with :mod:`.vocabulary`; each storage
+is read once, straight from the file into an uninitialised tensor, and
+``map_location`` is applied to it as ``torch.load`` applies it.
 """
 import io
 import os
@@ -47,28 +49,25 @@ _KEY = re.compile(r'[0-9A-Za-z_.-]{1,64}')
 _LOCATION = re.compile(r'[a-z]{2,16}(:\d{1,4})?')
 
 
-def _restore(map_location):
-    """torch.load's own rule for ``map_location`` (None, a device, a dict of
-    locations or a function of (storage, location))."""
-    get = getattr(torch.serialization, '_get_restore_location', None)
-    if get is None:  # pragma: no cover - every torch we support has it
-        return lambda storage, location: storage
-    return get(map_location)
+def _two_ways(where: str, what: str) -> CheckpointFileError:
+    return CheckpointFileError(f'{where}: {what}; refusing a file that '
+                               'reads two ways')
 
 
 class _Storages:
-    """The persistent-id handler: a storage per key, read once."""
+    """The persistent-id handler: a storage per key, read once by
+    ``read(key, nbytes)`` into a uint8 tensor."""
 
     def __init__(self, read, map_location, where: str, legacy=False):
-        self.read = read  # key, nbytes -> a uint8 tensor of the bytes
-        self.restore = _restore(map_location)
-        self.where = where
-        self.legacy = legacy
+        self.read, self.where, self.legacy = read, where, legacy
+        # torch.load's own rule for map_location
+        self.restore = torch.serialization._get_restore_location(
+            map_location)
         self.by_key: Dict[str, Storage] = {}
 
     def __call__(self, pid):
-        if type(pid) is not tuple or len(pid) not in (5, 6) or \
-                pid[0] != 'storage' or len(pid) != (6 if self.legacy else 5):
+        if type(pid) is not tuple or len(pid) != (6 if self.legacy else 5) \
+                or pid[0] != 'storage':
             raise UnsafeCheckpointError(
                 f'{self.where}: refusing to load it: a persistent id that is '
                 'not a tensor storage')
@@ -85,29 +84,25 @@ class _Storages:
                 raise MalformedPickleError(
                     f'{self.where}: storage {key} is read as two types')
             return known
-        nbytes = numel * kind.dtype.itemsize
-        data = self.read(key, nbytes)
-        untyped = data.untyped_storage()
+        untyped = self.read(key, numel * kind.dtype.itemsize
+                            ).untyped_storage()
         try:
             untyped = self.restore(untyped, location)
         except RuntimeError as err:
             raise ValueError(f'{self.where}: its tensors were saved on '
                              f'{location}: {err}') from None
-        storage = Storage(kind.dtype, untyped, numel)
-        self.by_key[key] = storage
-        return storage
+        self.by_key[key] = Storage(kind.dtype, untyped, numel)
+        return self.by_key[key]
 
 
-def _buffer(nbytes: int) -> torch.Tensor:
-    """Uninitialised memory for ``nbytes`` a file holds (read into it once:
-    no zero-filling pass, no copy)."""
-    return torch.empty(nbytes, dtype=torch.uint8)
-
-
-def _fill(handle, buffer: torch.Tensor) -> bool:
-    """Read ``handle`` into ``buffer``; whether it was filled."""
-    return not len(buffer) or handle.readinto(
-        memoryview(buffer.numpy())) == len(buffer)
+def _read_into(handle, nbytes: int, where: str, what: str) -> torch.Tensor:
+    """``nbytes`` of ``handle`` read once into uninitialised memory (no
+    zero-filling pass, no copy)."""
+    data = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes and handle.readinto(memoryview(data.numpy())) != nbytes:
+        raise TruncatedError(f'{where} is truncated in {what[:80]} (an '
+                             'interrupted save or download?)')
+    return data
 
 
 def _run_pickle(stream, end, where, persistent_load=None):
@@ -117,33 +112,29 @@ def _run_pickle(stream, end, where, persistent_load=None):
 # --- the zip format ----------------------------------------------------------
 
 def _zip_layout(handle: BinaryIO, size: int, where: str):
-    """The ZipFile and its prefix, once every byte of the file is accounted
-    for (see the module docstring)."""
+    """The ZipFile, its prefix and each record's data offset, once every
+    byte of the file is accounted for (see the module docstring)."""
     handle.seek(0)
     try:
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError,
             NotImplementedError) as err:  # a zip version it does not read
-        if isinstance(err, zipfile.BadZipFile) and 'not a zip file' in str(
-                err):
+        if 'not a zip file' in str(err):
             raise TruncatedError(
                 f'{where} is truncated: it starts as a torch zip checkpoint '
                 'but has no zip directory at its end (an interrupted save '
                 'or download?)') from None
         raise CheckpointFileError(f'{where}: a damaged zip checkpoint '
-                             f'({err})') from None
+                                  f'({err})') from None
     infos = archive.infolist()
-    if any('\0' in i.orig_filename for i in infos):
-        # zipfile cuts a name at its NUL, torch's reader does not: the two
-        # would read different records
-        raise CheckpointFileError(f'{where}: a zip record name holds a NUL '
-                             'byte; refusing a file that reads two ways')
     names = [i.filename for i in infos]
-    if len(set(names)) != len(names):
-        raise CheckpointFileError(f'{where}: the zip checkpoint names a record '
-                             'twice; refusing a file that reads two ways')
     pickles = [n for n in names if n.endswith('/data.pkl')
                and n.count('/') == 1]
+    if any('\0' in i.orig_filename for i in infos):
+        # zipfile cuts a name at its NUL, torch's reader does not
+        raise _two_ways(where, 'a zip record name holds a NUL byte')
+    if len(set(names)) != len(names):
+        raise _two_ways(where, 'the zip checkpoint names a record twice')
     if len(pickles) != 1:
         raise CheckpointFileError(
             f'{where}: a zip file that is not a torch checkpoint (no '
@@ -152,64 +143,56 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     stray = [n for n in names if not n.startswith(prefix)]
     if stray:
         raise CheckpointFileError(f'{where}: the zip checkpoint has records '
-                             f'outside {prefix}: {stray[0][:80]}')
+                                  f'outside {prefix}: {stray[0][:80]}')
     offset, data_at = 0, {}
     ordered = sorted(infos, key=lambda i: i.header_offset)
     starts = [i.header_offset for i in ordered[1:]] + [archive.start_dir]
     for info, following in zip(ordered, starts):
+        record = info.filename[:80]
         if info.header_offset != offset:
-            raise CheckpointFileError(
-                f'{where}: the zip checkpoint has '
-                f'{info.header_offset - offset:,} unaccounted bytes before '
-                f'{info.filename[:80]}; refusing a file that reads two ways')
+            raise _two_ways(where, f'the zip checkpoint has '
+                            f'{info.header_offset - offset:,} unaccounted '
+                            f'bytes before {record}')
         handle.seek(offset)
         header = handle.read(_LOCAL.size)
         if len(header) != _LOCAL.size or header[:4] != _ZIP_MAGIC:
             raise CheckpointFileError(f'{where}: a damaged zip record '
-                                 f'{info.filename[:80]}')
+                                      f'{record}')
         fields = _LOCAL.unpack(header)
-        name = handle.read(fields[-2])
-        if name != info.orig_filename.encode(
+        if handle.read(fields[-2]) != info.orig_filename.encode(
                 'utf-8' if info.flag_bits & 0x800 else 'cp437'):
-            raise CheckpointFileError(
-                f'{where}: record {info.filename[:80]} has another name in '
-                'its header; refusing a file that reads two ways')
-        data_at[info.filename] = offset + _LOCAL.size + fields[-2] + \
-            fields[-1]
+            raise _two_ways(where, f'record {record} has another name in '
+                            'its header')
+        data_at[info.filename] = offset + _LOCAL.size + sum(fields[-2:])
         offset = data_at[info.filename] + info.compress_size
         if info.flag_bits & 0x08:
             offset += _descriptor_length(handle, offset, following - offset,
                                          info, where)
         if info.flag_bits & 0x1:
-            raise CheckpointFileError(f'{where}: record {info.filename[:80]} is '
-                                 'damaged (encrypted; torch never encrypts)')
+            raise CheckpointFileError(f'{where}: record {record} is damaged '
+                                      '(encrypted; torch never encrypts)')
         if info.compress_type == zipfile.ZIP_STORED and \
                 info.file_size != info.compress_size:
             raise CheckpointFileError(
-                f'{where}: record {info.filename[:80]} is stored (not '
-                f'compressed) in {info.compress_size:,} bytes but announces '
+                f'{where}: record {record} is stored (not compressed) in '
+                f'{info.compress_size:,} bytes but announces '
                 f'{info.file_size:,}')
         if info.compress_type != zipfile.ZIP_STORED and info.file_size > \
                 max(MAX_INFLATION * max(info.compress_size, 1), 1 << 20):
             raise CheckpointTooCostlyError(
-                f'{where}: record {info.filename[:80]} is compressed '
+                f'{where}: record {record} is compressed '
                 f'{info.compress_size:,} -> {info.file_size:,} bytes (over '
                 f'{MAX_INFLATION}x; torch.save never compresses): a '
                 'decompression bomb. Refusing to load it')
     if offset != archive.start_dir:
-        raise CheckpointFileError(
-            f'{where}: the zip checkpoint\'s directory is not where its '
-            'records end (a second directory?); refusing a file that reads '
-            'two ways')
+        raise _two_ways(where, "the zip checkpoint's directory is not where "
+                        'its records end (a second directory?)')
     handle.seek(size - _EOCD.size)
     end = handle.read(_EOCD.size)
     if len(end) != _EOCD.size or end[:4] != b'PK\x05\x06' or \
             _EOCD.unpack(end)[-1] != 0:
-        raise CheckpointFileError(
-            f'{where}: data follows the zip checkpoint\'s end record; '
-            'refusing a file that reads two ways')
-    directory_end = size - _EOCD.size
-    cd_size = _EOCD.unpack(end)[5]
+        raise _two_ways(where, "data follows the zip checkpoint's end record")
+    directory_end, cd_size = size - _EOCD.size, _EOCD.unpack(end)[5]
     handle.seek(directory_end - 20)
     locator = handle.read(20)
     if locator[:4] == b'PK\x06\x07':  # zip64: torch writes it always
@@ -221,13 +204,10 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
         if head[:4] != b'PK\x06\x06' or len(head) < 48 or record + 12 + \
                 struct.unpack('<Q', head[4:12])[0] != directory_end - 20:
             raise CheckpointFileError(f'{where}: a damaged zip64 end record')
-        cd_size = struct.unpack('<Q', head[40:48])[0]
-        directory_end = record
+        cd_size, directory_end = struct.unpack('<Q', head[40:48])[0], record
     if archive.start_dir + cd_size != directory_end:
-        raise CheckpointFileError(
-            f'{where}: the zip checkpoint has bytes between its directory '
-            'and its end record (a second directory?); refusing a file that '
-            'reads two ways')
+        raise _two_ways(where, 'the zip checkpoint has bytes between its '
+                        'directory and its end record (a second directory?)')
     return archive, prefix, data_at
 
 
@@ -247,84 +227,69 @@ def _descriptor_length(handle, offset, room, info, where) -> int:
                 fmt, sizes) == (info.compress_size, info.file_size) and \
                 start + 4 + width == room:
             return start + 4 + width
-    raise CheckpointFileError(f'{where}: the data descriptor of '
-                         f'{info.filename[:80]} does not match its directory '
-                         'entry')
+    raise CheckpointFileError(
+        f'{where}: the data descriptor of {info.filename[:80]} does not '
+        'match its directory entry')
 
 
 class _Records:
-    """The records of a checked zip checkpoint (see :func:`_zip_layout`):
-    name -> (where its data starts, its size, and for a compressed record
-    its ``ZipInfo``). zipfile's own tables are let go once this is made
-    (a file of 100,000 tensors holds 100,000 of them); an archive with
-    compressed records (torch writes none) is kept to inflate them."""
+    """The records of a checked zip checkpoint: name -> (where its data
+    starts, its size, and for a compressed record its ``ZipInfo``).
+    zipfile's own tables are let go once this is made (a file of 100,000
+    tensors holds 100,000 of them); an archive with compressed records
+    (torch writes none) is kept to inflate them."""
 
     def __init__(self, handle, archive, data_at, where: str):
-        self.handle, self.where = handle, where
-        self.entries = {}
-        compressed = False
+        self.handle, self.where, self.entries = handle, where, {}
         for info in archive.infolist():
             packed = info.compress_type != zipfile.ZIP_STORED
-            compressed |= packed
             self.entries[info.filename] = (data_at[info.filename],
                                            info.file_size,
                                            info if packed else None)
-        self.archive = archive if compressed else None
-
-    def _entry(self, name: str):
-        entry = self.entries.get(name)
-        if entry is None:
-            raise MalformedPickleError(f'{self.where}: storage record {name} '
-                                       'is missing')
-        return entry
+        self.archive = archive if any(
+            e[2] for e in self.entries.values()) else None
 
     def read(self, name: str, nbytes: Optional[int] = None) -> torch.Tensor:
-        """A record's bytes (``nbytes``: what its tensor announces). A
-        stored record - every record torch writes - is read straight from
-        its place in the file into one buffer of its size, which the file's
-        layout has already shown to lie in the file."""
-        start, size, packed = self._entry(name)
+        """A record's bytes; ``nbytes``, what its tensor announces, must be
+        its size. A stored record - every record torch writes - is read
+        straight from its place in the file, which the layout has shown to
+        lie in the file."""
+        if name not in self.entries:
+            raise MalformedPickleError(f'{self.where}: storage record {name} '
+                                       'is missing')
+        start, size, packed = self.entries[name]
         if nbytes is not None and size != nbytes:
             raise MalformedPickleError(
                 f'{self.where}: storage record {name} holds {size:,} bytes, '
                 f'its tensor announces {nbytes:,}')
-        if packed is not None:
-            data = _read_member(self.archive, packed, self.where)
-            return torch.frombuffer(data, dtype=torch.uint8) if data else \
-                _buffer(0)
-        data = _buffer(size)
-        self.handle.seek(start)
-        if not _fill(self.handle, data):
-            raise TruncatedError(f'{self.where} is truncated in {name[:80]}')
-        return data
+        if packed is None:
+            self.handle.seek(start)
+            return _read_into(self.handle, size, self.where, name)
+        data = bytearray(size)
+        try:  # zipfile checks the CRC as it reads
+            with self.archive.open(packed) as member:
+                if member.readinto(data) != size or member.read(1):
+                    raise TruncatedError(f'{self.where} is truncated in '
+                                         f'{name[:80]}')
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
+                NotImplementedError, RuntimeError) as err:
+            # NotImplementedError: a method zipfile lacks; RuntimeError:
+            # an encrypted record
+            raise CheckpointFileError(f'{self.where}: record {name[:80]} is '
+                                      f'damaged ({err})') from None
+        return torch.frombuffer(data, dtype=torch.uint8) if data else \
+            torch.empty(0, dtype=torch.uint8)
 
     def read_bytes(self, name: str) -> bytes:
-        """A record as one bytes object (the pickle: read as it is run)."""
-        start, size, packed = self._entry(name)
+        """A record as one bytes object (the pickle, read as it is run)."""
+        start, size, packed = self.entries[name]
         if packed is not None:
-            return bytes(_read_member(self.archive, packed, self.where))
+            return bytes(self.read(name).numpy())
         self.handle.seek(start)
         data = self.handle.read(size)
         if len(data) != size:
             raise TruncatedError(f'{self.where} is truncated in {name[:80]}')
         return data
-
-
-def _read_member(archive, info, where: str) -> bytearray:
-    """A compressed record's bytes; zipfile checks their CRC as it reads."""
-    data = bytearray(info.file_size)
-    try:
-        with archive.open(info) as member:
-            if member.readinto(data) != info.file_size or member.read(1):
-                raise TruncatedError(f'{where} is truncated in '
-                                     f'{info.filename[:80]}')
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
-            NotImplementedError, RuntimeError) as err:
-        # NotImplementedError: a compression method zipfile lacks;
-        # RuntimeError: an encrypted record
-        raise CheckpointFileError(f'{where}: record {info.filename[:80]} is '
-                             f'damaged ({err})') from None
-    return data
 
 
 def _load_zip(handle, size, where, map_location):
@@ -333,8 +298,8 @@ def _load_zip(handle, size, where, map_location):
     if records.archive is None:
         archive.close()
     del archive, data_at
-    if prefix + 'byteorder' in records.entries and \
-            records.read_bytes(prefix + 'byteorder') != b'little':
+    if prefix + 'byteorder' in records.entries and records.read_bytes(
+            prefix + 'byteorder') != b'little':
         raise CheckpointFileError(
             f'{where} was saved on a big-endian machine; convnext_mm reads '
             'little-endian checkpoints (re-save it on x86 or Arm)')
@@ -364,19 +329,19 @@ def _load_legacy(handle, size, where, map_location):
                 f'{where} is truncated: its tensors announce {announced:,} '
                 f'bytes of storage, the file has {size - handle.tell():,} '
                 'left (an interrupted save or download?)')
-        pending[key] = data = _buffer(nbytes)
-        return data
+        pending[key] = torch.empty(nbytes, dtype=torch.uint8)
+        return pending[key]
 
     handle.seek(0)
     try:  # the magic number: a plain int, nothing named
         magic = Machine({}, None, where).load(handle, size)
-    except (UnsafeCheckpointError, MalformedPickleError) as err:
-        if isinstance(err, TruncatedError):
-            raise
+    except TruncatedError:
+        raise
+    except (UnsafeCheckpointError, MalformedPickleError):
         magic = None
     if magic != _LEGACY_MAGIC:
-        raise CheckpointFileError(f'{where} is not a PyTorch checkpoint (neither '
-                             'a zip nor a legacy torch file)')
+        raise CheckpointFileError(f'{where} is not a PyTorch checkpoint '
+                                  '(neither a zip nor a legacy torch file)')
     version, info = (_run_pickle(handle, size, where) for _ in range(2))
     if version != _LEGACY_VERSION or not isinstance(info, dict) or \
             info.get('little_endian') is not True:
@@ -391,29 +356,28 @@ def _load_legacy(handle, size, where, map_location):
         raise MalformedPickleError(
             f'{where}: its storage list does not match its tensors')
     for key in keys:
-        data = pending[key]
         raw = handle.read(8)
         if len(raw) < 8:
             raise TruncatedError(f'{where} is truncated: storage {key} is '
                                  'missing')
-        numel = struct.unpack('<q', raw)[0]
-        if numel * storages.by_key[key].dtype.itemsize != len(data):
+        data = pending[key]
+        if struct.unpack('<q', raw)[0] * storages.by_key[key].dtype.itemsize \
+                != len(data):
             raise MalformedPickleError(
                 f'{where}: storage {key} announces two sizes')
-        if not _fill(handle, data):
+        if len(data) and handle.readinto(memoryview(data.numpy())) != len(
+                data):
             raise TruncatedError(f'{where} is truncated in storage {key} '
                                  '(an interrupted save or download?)')
     if handle.tell() != size:
-        raise CheckpointFileError(
-            f'{where}: {size - handle.tell():,} bytes follow the legacy '
-            'checkpoint\'s data; refusing a file that reads two ways')
-    if map_location not in (None, 'cpu') and storages.by_key:
-        restore = _restore(map_location)
-        moved = {}
-        for key, storage in storages.by_key.items():
-            moved[id(storage.untyped)] = restore(storage.untyped, 'cpu')
-        value = _move(value, moved)
-    return value
+        raise _two_ways(where, f'{size - handle.tell():,} bytes follow the '
+                        "legacy checkpoint's data")
+    if map_location in (None, 'cpu') or not storages.by_key:
+        return value
+    restore = torch.serialization._get_restore_location(map_location)
+    moved = {id(s.untyped): restore(s.untyped, 'cpu')
+             for s in storages.by_key.values()}
+    return _move(value, moved)
 
 
 def _move(value, moved):
@@ -431,8 +395,7 @@ def _move(value, moved):
         if id(node) in seen or not isinstance(node, (dict, list)):
             continue
         seen.add(id(node))
-        keys = list(node) if isinstance(node, dict) else range(len(node))
-        for key in keys:
+        for key in list(node) if isinstance(node, dict) else range(len(node)):
             node[key] = moved_tensor(node[key])
             todo.append(node[key])
     return moved_tensor(value)
@@ -452,8 +415,7 @@ def load(file, map_location=None, where: Optional[str] = None):
     where = where or (os.fspath(file) if opened else 'the checkpoint')
     handle = open(file, 'rb') if opened else file
     try:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
+        size = handle.seek(0, os.SEEK_END)
         handle.seek(0)
         head = handle.read(4)
         if not head:
@@ -497,8 +459,7 @@ def is_complete(path: str) -> bool:
             if handle.read(4) != _ZIP_MAGIC:
                 load(handle, 'cpu', path)
                 return True
-            archive = _zip_layout(handle, size, path)[0]
-            archive.close()
+            _zip_layout(handle, size, path)[0].close()
             return True
     except (ValueError, pickle.UnpicklingError, OSError, MemoryError):
         return False
