@@ -1,20 +1,19 @@
 """What a checkpoint's pickle may name, and how each is built by our code.
 
-The table :data:`VOCABULARY` is everything torch, numpy and mmengine write
-into model and training checkpoints. Each entry's function checks its
-arguments before building: a numpy array is rebuilt from a dtype of a fixed
-list (bool, integers, floats, fixed-length bytes and str), a shape and bytes
-whose length must match them; a tensor from a storage of ours, with its
-offset, sizes and strides checked against the storage; an mmengine
-``HistoryBuffer`` through its constructor after its state is checked (its
-``__setstate__`` would merge a file's statistics methods into the class-wide
-table). No entry is the library's own function: nothing a file names is
-called with the file's arguments.
-
-Tensors of other kinds (float8, complex, quantized, sparse) are named and
-refused: ConvNeXt weights and training state have none.
+:data:`VOCABULARY` is everything torch, numpy and mmengine write into model
+and training checkpoints. Each entry's function checks its arguments before
+building: a numpy array from a dtype of a fixed list (bool, integers,
+floats, fixed-length bytes and str), a shape and bytes whose length must
+match; a tensor from a storage of ours, its offset, sizes and strides
+checked against the storage; an mmengine ``HistoryBuffer`` through its
+constructor once its state is checked (its ``__setstate__`` would merge a
+file's statistics methods into the class-wide table). No entry is the
+library's own function: nothing a file names is called with the file's
+arguments. Tensors of other kinds (float8, complex, quantized) are named
+and refused: ConvNeXt weights and training state have none.
 """
 import argparse
+import math
 import re
 from collections import Counter, OrderedDict
 
@@ -28,10 +27,58 @@ MAX_DIMS = 64  # torch's own limit
 # elements a view may show beyond its storage's (``expand``, zero strides):
 # what a consumer allocates from it stays bounded
 MAX_EXPANDED = 1 << 24
-
-# --- numpy -------------------------------------------------------------------
+MAX_DEVICE_INDEX = 127  # torch keeps a device index in 8 bits
+KIND_REFUSAL = (
+    '{name} tensors, which convnext_mm does not read: model and training '
+    'checkpoints hold float and integer tensors and bool buffers. Convert '
+    'the file (e.g. torch.load(..., weights_only=True), .float() each '
+    'tensor, torch.save) and load that')
 _NUMPY_SPEC = re.compile(r'(b1|[iu][1248]|f[248]|[SU](0|[1-9]\d{0,5}))')
-_BYTE_ORDERS = ('<', '>', '|', '=')
+_DEVICE = re.compile(r'[a-z]{2,16}(:\d{1,3})?')
+_STATISTICS = ('min', 'max', 'mean', 'current')
+_HISTORY_STATE = {'max_length', '_log_history', '_count_history',
+                  'statistics_methods'}
+# storage class names as torch.save writes them, with their dtypes
+_STORAGES = {
+    'DoubleStorage': torch.float64, 'FloatStorage': torch.float32,
+    'HalfStorage': torch.float16, 'BFloat16Storage': torch.bfloat16,
+    'LongStorage': torch.int64, 'IntStorage': torch.int32,
+    'ShortStorage': torch.int16, 'CharStorage': torch.int8,
+    'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
+    'UntypedStorage': torch.uint8, 'storage.UntypedStorage': torch.uint8}
+_DTYPES = {name: getattr(torch, name) for name in (
+    'float64', 'double', 'float32', 'float', 'float16', 'half', 'bfloat16',
+    'int64', 'long', 'int32', 'int', 'int16', 'short', 'int8', 'uint8',
+    'uint16', 'uint32', 'uint64', 'bool')}
+_OTHER_KINDS = ('complex', 'float8', 'qint', 'quint', 'float4', 'bits',
+                'chalf', 'cfloat', 'cdouble') + tuple(
+                    f'{u}int{n}' for u in ('', 'u') for n in range(1, 8))
+
+
+class StorageType(Internal):
+    """A storage class named in a persistent id, with its dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+class Storage(Internal):
+    """One storage of a torch file, read into memory by :mod:`.torch_file`."""
+    __slots__ = ('dtype', 'untyped', 'numel')
+
+    def __init__(self, dtype: torch.dtype, untyped, numel: int):
+        self.dtype, self.untyped, self.numel = dtype, untyped, numel
+
+
+class _Marker(Internal):
+    """A name passed as an argument: ``numpy.ndarray`` to ``_reconstruct``,
+    ``torch.Tensor`` or ``Parameter`` to ``_rebuild_from_type_v2``."""
+
+    def __init__(self, parameter: bool = False):
+        self.parameter = parameter
+
+
+_NDARRAY, _TENSOR, _PARAMETER = _Marker(), _Marker(), _Marker(True)
 
 
 def _shape(value, what: str) -> tuple:
@@ -42,12 +89,7 @@ def _shape(value, what: str) -> tuple:
     return value
 
 
-def _elements(shape) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count
-
+# --- numpy -------------------------------------------------------------------
 
 class _DType(Pending):
     """``numpy.dtype(spec, align, copy)`` then BUILD with its state."""
@@ -62,13 +104,12 @@ class _DType(Pending):
         self.spec = spec
 
     def build(self, state):
-        if type(state) is not tuple or len(state) not in (8, 9) or \
-                state[0] not in (3, 4) or state[1] not in _BYTE_ORDERS or \
-                any(s is not None for s in state[2:5]) or \
-                not all(type(s) is int for s in state[5:]):
+        if (type(state) is not tuple or len(state) not in (8, 9) or
+                state[0] not in (3, 4) or state[1] not in ('<', '>', '|', '=')
+                or any(s is not None for s in state[2:5]) or
+                not all(type(s) is int for s in state[5:])):
             raise TypeError('numpy dtype state of an unknown form')
-        order = '' if state[1] in ('|', '=') else state[1]
-        dtype = np.dtype(order + self.spec)
+        dtype = np.dtype(state[1].strip('|=') + self.spec)
         if state[5] not in (-1, dtype.itemsize):
             raise TypeError(f'numpy dtype {self.spec} of item size '
                             f'{state[5]}')
@@ -87,23 +128,16 @@ def _array(shape, dtype, data, fortran=False) -> np.ndarray:
     shape, dtype = _shape(shape, 'numpy shape'), _dtype(dtype)
     if type(data) not in (bytes, bytearray) or type(fortran) is not bool:
         raise ValueError('numpy array data must be bytes')
-    if len(data) != _elements(shape) * dtype.itemsize:
+    if len(data) != math.prod(shape) * dtype.itemsize:
         raise ValueError(
             f'numpy array of shape {shape} and dtype {dtype} needs '
-            f'{_elements(shape) * dtype.itemsize:,} bytes, the file gives '
+            f'{math.prod(shape) * dtype.itemsize:,} bytes, the file gives '
             f'{len(data):,}')
+    order = 'F' if fortran else 'C'
     if not dtype.itemsize:
-        return np.zeros(shape, dtype=dtype, order='F' if fortran else 'C')
-    flat = np.frombuffer(bytes(data), dtype=dtype)
-    return flat.reshape(shape, order='F' if fortran else 'C').copy(
-        order='F' if fortran else 'C')
-
-
-class _NDArrayType(Internal):
-    """``numpy.ndarray``, as ``_reconstruct``'s first argument."""
-
-
-_NDARRAY = _NDArrayType()
+        return np.zeros(shape, dtype=dtype, order=order)
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(
+        shape, order=order).copy(order=order)
 
 
 class _Array(Pending):
@@ -151,36 +185,16 @@ def _ordered_dict(items=()):
     return value
 
 
-def _pairs_keys(args):
-    return [p[0] for p in (args[0] if args else ())
-            if type(p) in (list, tuple) and len(p) == 2]
-
-
 def _counter(mapping=None):
     if mapping is not None and not isinstance(mapping, dict):
         raise ValueError('Counter takes a dict')
     return Counter(mapping or {})
 
 
-def _items(args):
-    return list(args[0]) if args and type(args[0]) in (list, tuple) else []
-
-
-def _keys(args):
-    return list(args[0]) if args and isinstance(args[0], dict) else []
-
-
 def _set(items=(), cls=set):
     if type(items) not in (list, tuple):
         raise ValueError('a set is built from a list')
     return cls(items)
-
-
-def _encode(text, encoding='latin1'):
-    # protocol 2 spells bytes as _codecs.encode(str, 'latin1')
-    if type(text) is not str or encoding not in ('latin1', 'latin-1'):
-        raise ValueError('_codecs.encode only as protocol 2 writes bytes')
-    return text.encode('latin-1')
 
 
 def _bytes(*args):
@@ -191,27 +205,53 @@ def _bytes(*args):
     return bytes(*args)
 
 
-def _bytearray(*args):
-    return bytearray(_bytes(*args))
+def _encode(text, encoding='latin1'):
+    # protocol 2 spells bytes as _codecs.encode(str, 'latin1')
+    if type(text) is not str or encoding not in ('latin1', 'latin-1'):
+        raise ValueError('_codecs.encode only as protocol 2 writes bytes')
+    return text.encode('latin-1')
 
 
-# --- mmengine ----------------------------------------------------------------
-_STATISTICS = ('min', 'max', 'mean', 'current')
-_HISTORY_STATE = {'max_length', '_log_history', '_count_history',
-                  'statistics_methods'}
+# what the collections' builders hash, counted first (see unpickler.Call)
+def _pairs_keys(args):
+    return [p[0] for p in (args[0] if args else ())
+            if type(p) in (list, tuple) and len(p) == 2]
 
 
-def _history_statistic(owner, name):
-    """``getattr(HistoryBuffer, name)`` for the built-in statistics only."""
-    if owner is not _HISTORY or name not in _STATISTICS:
-        raise ValueError('getattr is read only for HistoryBuffer\'s '
-                         'statistics (min, max, mean, current)')
-    return getattr(HistoryBuffer, name)
+def _items(args):
+    return list(args[0]) if args and type(args[0]) in (list, tuple) else []
 
 
-class _History(Pending):
-    """A ``HistoryBuffer``: NEWOBJ then BUILD with its state dict, built by
-    its constructor after the state is checked."""
+def _keys(args):
+    return list(args[0]) if args and isinstance(args[0], dict) else []
+
+
+# --- argparse and mmengine: NEWOBJ, then BUILD with their state ------------
+
+def _no_args(pending):
+    def new(*args):
+        if args:
+            raise ValueError(f'{pending.__name__[1:]} only as pickle writes '
+                             'it')
+        return pending()
+    return new
+
+
+class _Namespace(Pending):
+    """An ``argparse.Namespace`` (the ConvNeXt authors' training checkpoints
+    keep their command line in one): its attributes, plain data already,
+    set by our code."""
+
+    def build(self, state):
+        if not isinstance(state, dict) or not all(
+                type(k) is str and k.isidentifier() for k in state):
+            raise TypeError('an argparse.Namespace whose state is not a dict '
+                            'of attribute names')
+        return argparse.Namespace(**state)
+
+
+class _HistoryBuffer(Pending):
+    """A ``HistoryBuffer``, built by its constructor from a checked state."""
 
     def build(self, state):
         if not isinstance(state, dict) or not set(state) <= _HISTORY_STATE:
@@ -238,84 +278,35 @@ class _History(Pending):
                 or len(histories[0]) != len(histories[1]):
             raise ValueError('a HistoryBuffer whose max_length or history '
                              'lengths do not agree')
-        return HistoryBuffer(histories[0], histories[1], max_length=length)
+        return HistoryBuffer(*histories, max_length=length)
 
 
-def _history(*args):
-    if args:
-        raise ValueError('HistoryBuffer only as mmengine pickles it')
-    return _History()
+_HISTORY = New('HistoryBuffer', _no_args(_HistoryBuffer))
 
 
-_HISTORY = New('HistoryBuffer', _history)
+def _history_statistic(owner, name):
+    """``getattr(HistoryBuffer, name)`` for the built-in statistics only."""
+    if owner is not _HISTORY or name not in _STATISTICS:
+        raise ValueError('getattr is read only for HistoryBuffer\'s '
+                         'statistics (min, max, mean, current)')
+    return getattr(HistoryBuffer, name)
 
 
 # --- torch -------------------------------------------------------------------
-# storage class names as torch.save writes them, with their dtypes
-_STORAGES = {
-    'DoubleStorage': torch.float64, 'FloatStorage': torch.float32,
-    'HalfStorage': torch.float16, 'BFloat16Storage': torch.bfloat16,
-    'LongStorage': torch.int64, 'IntStorage': torch.int32,
-    'ShortStorage': torch.int16, 'CharStorage': torch.int8,
-    'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
-    'UntypedStorage': torch.uint8,
-}
-_DTYPES = {
-    name: getattr(torch, name) for name in (
-        'float64', 'double', 'float32', 'float', 'float16', 'half',
-        'bfloat16', 'int64', 'long', 'int32', 'int', 'int16', 'short',
-        'int8', 'uint8', 'uint16', 'uint32', 'uint64', 'bool')
-}
-_OTHER_KINDS = ('complex', 'float8', 'qint', 'quint', 'float4', 'bits',
-                'int1', 'int2', 'int3', 'int4',
-                'int5', 'int6', 'int7', 'uint1', 'uint2', 'uint3', 'uint4',
-                'uint5', 'uint6', 'uint7', 'chalf', 'cfloat', 'cdouble')
-KIND_REFUSAL = (
-    '{name} tensors, which convnext_mm does not read: model and training '
-    'checkpoints hold float and integer tensors and bool buffers. Convert the file (e.g. torch.load(..., weights_only=True), '
-    '.float() each tensor, torch.save) and load that')
+
+def _read_dtype(dtype, what='tensors'):
+    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
+        raise ValueError(f'{what} of dtype {dtype} are not read')
+    return dtype
 
 
-class StorageType(Internal):
-    """A storage class named in a persistent id, with its dtype."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
-class _TensorType(Internal):
-    """``torch.Tensor`` / ``torch.nn.Parameter`` as a rebuild's new_type."""
-
-    def __init__(self, parameter: bool):
-        self.parameter = parameter
-
-
-class Storage(Internal):
-    """One storage of a torch file, read into memory by :mod:`.torch_file`."""
-    __slots__ = ('dtype', 'untyped', 'numel')
-
-    def __init__(self, dtype: torch.dtype, untyped, numel: int):
-        self.dtype, self.untyped, self.numel = dtype, untyped, numel
-
-
-def _empty_hooks(hooks):
+def _no_extras(hooks=None, metadata=None):
     if hooks not in (None, {}, ()) and not (isinstance(hooks, dict)
                                             and not hooks):
         raise ValueError('tensors with backward hooks are not read')
-
-
-def _tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype,
-               metadata=None):
-    """A tensor on an untyped storage, its dtype named apart (torch writes
-    this for dtypes without a storage class of their own)."""
-    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
-        raise ValueError(f'tensors of dtype {dtype} are not read')
-    if not isinstance(storage, Storage) or storage.dtype != torch.uint8 or \
-            storage.numel % dtype.itemsize:
-        raise ValueError('a tensor needs a storage of the file')
-    typed = Storage(dtype, storage.untyped, storage.numel // dtype.itemsize)
-    return _tensor(typed, offset, size, stride, requires_grad, hooks,
-                   metadata)
+    if metadata not in (None, {}):
+        raise ValueError('tensors with metadata (conjugate, negative views) '
+                         'or attributes are not read')
 
 
 def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
@@ -327,36 +318,43 @@ def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
     if len(size) != len(stride) or type(offset) is not int or offset < 0 \
             or type(requires_grad) is not bool:
         raise ValueError('tensor sizes, strides and offset do not agree')
-    _empty_hooks(hooks)
-    if metadata not in (None, {}):
-        raise ValueError('tensors with metadata (conjugate, negative '
-                         'views) are not read')
-    numel = _elements(size)
-    if numel:
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= storage.numel:
-            raise ValueError(
-                f'a tensor of sizes {size}, strides {stride} and offset '
-                f'{offset} reaches past its storage of {storage.numel:,} '
-                'elements')
-        if numel > max(storage.numel, MAX_EXPANDED):
-            raise ValueError(
-                f'a view of {numel:,} elements of a storage of '
-                f'{storage.numel:,} (sizes {size}, strides {stride}): past '
-                f'{MAX_EXPANDED:,} elements a view may not show more than '
-                'its storage holds')
+    _no_extras(hooks, metadata)
+    numel = math.prod(size)
+    if numel and offset + sum((n - 1) * s for n, s in zip(size, stride)) \
+            >= storage.numel:
+        raise ValueError(
+            f'a tensor of sizes {size}, strides {stride} and offset '
+            f'{offset} reaches past its storage of {storage.numel:,} '
+            'elements')
+    if numel > max(storage.numel, MAX_EXPANDED):
+        raise ValueError(
+            f'a view of {numel:,} elements of a storage of {storage.numel:,}'
+            f' (sizes {size}, strides {stride}): past {MAX_EXPANDED:,} '
+            'elements a view may not show more than its storage holds')
     tensor = torch.empty((0, ), dtype=storage.dtype,
                          device=storage.untyped.device)
     tensor.set_(storage.untyped, offset, torch.Size(size), stride)
-    tensor.requires_grad_(requires_grad and storage.dtype.is_floating_point)
-    return tensor
+    return tensor.requires_grad_(requires_grad and
+                                 storage.dtype.is_floating_point)
+
+
+def _tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype,
+               metadata=None):
+    """A tensor on an untyped storage, its dtype named apart (torch writes
+    this for dtypes without a storage class of their own)."""
+    dtype = _read_dtype(dtype)
+    if not isinstance(storage, Storage) or storage.dtype != torch.uint8 or \
+            storage.numel % dtype.itemsize:
+        raise ValueError('a tensor needs a storage of the file')
+    typed = Storage(dtype, storage.untyped, storage.numel // dtype.itemsize)
+    return _tensor(typed, offset, size, stride, requires_grad, hooks,
+                   metadata)
 
 
 def _meta_tensor(dtype, size, stride, requires_grad=False):
     """A tensor of shapes only (the meta device): nothing is allocated. The
     loaders refuse it as a weight, naming it."""
-    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES.values():
-        raise ValueError(f'meta tensors of dtype {dtype} are not read')
+    dtype = _read_dtype(dtype, 'meta tensors')
     size, stride = _shape(size, 'tensor sizes'), _shape(stride,
                                                         'tensor strides')
     if len(size) != len(stride) or type(requires_grad) is not bool:
@@ -370,9 +368,7 @@ def _meta_tensor(dtype, size, stride, requires_grad=False):
 def _parameter(data, requires_grad=True, hooks=None, state=None):
     if not isinstance(data, torch.Tensor) or type(requires_grad) is not bool:
         raise ValueError('a Parameter wraps a tensor')
-    _empty_hooks(hooks)
-    if state not in (None, {}):
-        raise ValueError('Parameters with extra attributes are not read')
+    _no_extras(hooks, state)
     return torch.nn.Parameter(
         data, requires_grad and data.dtype.is_floating_point)
 
@@ -381,8 +377,9 @@ _REBUILD_TENSOR = Call('torch._utils._rebuild_tensor_v2', _tensor)
 
 
 def _from_type(func, new_type, args, state=None):
-    if func is not _REBUILD_TENSOR or not isinstance(new_type, _TensorType) \
-            or type(args) is not tuple or state not in (None, {}):
+    if func is not _REBUILD_TENSOR or (new_type is not _TENSOR and new_type
+                                       is not _PARAMETER) or \
+            type(args) is not tuple or state not in (None, {}):
         raise ValueError('tensor subclasses and tensors with attributes are '
                          'not read')
     tensor = _tensor(*args)
@@ -393,10 +390,6 @@ def _from_type(func, new_type, args, state=None):
 def _size(sizes=()):
     return torch.Size(_shape(tuple(sizes) if type(sizes) is list else sizes,
                              'torch.Size'))
-
-
-_DEVICE = re.compile(r'[a-z]{2,16}(:\d{1,3})?')
-MAX_DEVICE_INDEX = 127  # torch keeps a device index in 8 bits
 
 
 def _device(kind, index=None):
@@ -415,25 +408,6 @@ def _device(kind, index=None):
                          'torch knows') from None
 
 
-def _namespace(*args):
-    if args:
-        raise ValueError('argparse.Namespace only as pickle writes it')
-    return _Namespace()
-
-
-class _Namespace(Pending):
-    """An ``argparse.Namespace`` (the ConvNeXt authors' training checkpoints
-    keep their command line in one): NEWOBJ then BUILD with its attributes,
-    plain data already, set by our code."""
-
-    def build(self, state):
-        if not isinstance(state, dict) or not all(
-                type(k) is str and k.isidentifier() for k in state):
-            raise TypeError('an argparse.Namespace whose state is not a dict '
-                            'of attribute names')
-        return argparse.Namespace(**state)
-
-
 def _build_vocabulary():
     table = {
         'collections.OrderedDict': Call('OrderedDict', _ordered_dict,
@@ -443,7 +417,8 @@ def _build_vocabulary():
         'builtins.frozenset': Call(
             'frozenset', lambda items=(): _set(items, frozenset), _items),
         'builtins.bytes': Call('bytes', _bytes),
-        'builtins.bytearray': Call('bytearray', _bytearray),
+        'builtins.bytearray': Call('bytearray',
+                                   lambda *a: bytearray(_bytes(*a))),
         '_codecs.encode': Call('_codecs.encode', _encode),
         'builtins.getattr': Call('getattr', _history_statistic),
         'mmengine.logging.history_buffer.HistoryBuffer': _HISTORY,
@@ -459,11 +434,12 @@ def _build_vocabulary():
             '_rebuild_parameter_with_state', _parameter),
         'torch._tensor._rebuild_from_type_v2': Call('_rebuild_from_type_v2',
                                                     _from_type),
-        'torch.Tensor': _TensorType(parameter=False),
-        'torch.nn.parameter.Parameter': _TensorType(parameter=True),
+        'torch.Tensor': _TENSOR,
+        'torch.nn.parameter.Parameter': _PARAMETER,
         'torch.Size': Call('torch.Size', _size),
         'torch.device': Call('torch.device', _device),
-        'argparse.Namespace': New('argparse.Namespace', _namespace),
+        'argparse.Namespace': New('argparse.Namespace',
+                                  _no_args(_Namespace)),
         'numpy.ndarray': _NDARRAY,
         'numpy.dtype': Call('numpy.dtype', _DType),
     }
@@ -477,19 +453,15 @@ def _build_vocabulary():
         table[f'{core}.multiarray.scalar'] = Call('scalar', _scalar)
         table[f'{core}.numeric._frombuffer'] = Call('_frombuffer',
                                                     _frombuffer)
-    for name, dtype in _STORAGES.items():
-        table[f'torch.{name}'] = StorageType(dtype)
-    table['torch.storage.UntypedStorage'] = StorageType(torch.uint8)
-    for name, dtype in _DTYPES.items():
-        table[f'torch.{name}'] = dtype
+    table.update({f'torch.{k}': StorageType(v) for k, v in _STORAGES.items()})
+    table.update({f'torch.{k}': v for k, v in _DTYPES.items()})
     for name in dir(torch):
         kind = name.endswith('Storage') or isinstance(
             getattr(torch, name, None), torch.dtype)
         if kind and f'torch.{name}' not in table and any(
                 name.lower().startswith(k) for k in _OTHER_KINDS):
-            table[f'torch.{name}'] = Refused(
-                'it holds ' + KIND_REFUSAL.format(
-                    name=name.replace('Storage', '')))
+            table[f'torch.{name}'] = Refused('it holds ' + KIND_REFUSAL.format(
+                name=name.replace('Storage', '')))
     return table
 
 
