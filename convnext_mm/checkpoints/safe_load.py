@@ -1,29 +1,26 @@
 """The one door through which a checkpoint file is read: it decides whether
 the file is safe, and returns plain data and tensors or one line saying why
-not.
-
-Three forms are read, recognised by content (never by name):
+not. Three forms are read, recognised by content (never by name):
 
 - torch files (``torch.save``'s zip or legacy format), by :mod:`.torch_file`
-  and our own pickle machine (:mod:`.unpickler`, :mod:`.vocabulary`):
-  ``torch.load`` is never called, so nothing in a file is built by the
-  callables it names;
+  and our own pickle machine: ``torch.load`` is never called, so nothing in
+  a file is built by the callables it names;
 - safetensors files (a JSON header and raw tensor bytes, as timm and Hugging
   Face publish them): the header is parsed and bounded here, then the
   ``safetensors`` library reads the tensors;
 - Hugging Face ``save_pretrained`` folders: ``config.json`` (a ConvNeXt,
   ConvNeXtV2 or UperNet-with-ConvNeXt of four stages) beside
   ``model.safetensors``, ``pytorch_model.bin`` or the sharded index of
-  either. Shards
-  must be plain file names inside the folder.
+  either, whose shards must be plain file names inside the folder.
 
 Every JSON document (configs, indexes, safetensors headers) is bounded in
 size and nesting before it is parsed. Whatever a file does wrong is a
-``ValueError`` (its subclasses :class:`TruncatedError` and
-:class:`CheckpointTooCostlyError` among them) or an
-:class:`UnsafeCheckpointError`, each one line naming the file.
+``ValueError`` (:class:`~convnext_mm.errors.CheckpointFileError` and its
+kinds) or an :class:`~convnext_mm.errors.UnsafeCheckpointError`, each one
+line naming the file.
 """
 import json
+import math
 import os
 import os.path as osp
 import re
@@ -34,19 +31,11 @@ from typing import Dict
 import torch
 
 from ..errors import (CheckpointFileError, CheckpointTooCostlyError,
-                      MalformedPickleError, TruncatedError,
-                      UnsafeCheckpointError)
+                      MalformedPickleError, TruncatedError)
 from . import torch_file
 from .vocabulary import KIND_REFUSAL, MAX_DIMS
 
-__all__ = [
-    'CheckpointFileError', 'CheckpointTooCostlyError', 'TruncatedError',
-    'UnsafeCheckpointError',
-    'read_file', 'safe_torch_load'
-]
-
-# the safetensors format's own limit on the JSON header
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 MAX_CONFIG = 1 << 20
 MAX_INDEX = 64 << 20
 MAX_JSON_DEPTH = 32
@@ -57,6 +46,9 @@ _SAFETENSORS_DTYPES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8,
                        'I32': 4, 'I16': 2, 'I8': 1, 'U64': 8, 'U32': 4,
                        'U16': 2, 'U8': 1, 'BOOL': 1}
 _JSON_SIGNIFICANT = re.compile(r'[\[\]{}"\\]')
+_TRUNCATED = ('{} is a truncated safetensors file: its header {}, the file '
+              'holds {:,} (an interrupted download or save?); fetch or save '
+              'it again')
 
 
 def _checked_path(path) -> str:
@@ -87,10 +79,9 @@ def safe_torch_load(file, map_location=None):
         file = where = _checked_path(file)
     try:
         return torch_file.load(file, map_location, where)
-    except (UnsafeCheckpointError, CheckpointTooCostlyError,
-            TruncatedError):
-        raise
     except MalformedPickleError as err:
+        if isinstance(err, TruncatedError):
+            raise
         raise CheckpointFileError(
             f'{where} is not a PyTorch checkpoint that convnext_mm can read '
             f'({str(err).split(": ", 1)[-1]})') from None
@@ -99,8 +90,6 @@ def safe_torch_load(file, map_location=None):
             f'{where}: loading it needs more memory than this machine '
             'has') from None
 
-
-# --- JSON, bounded -----------------------------------------------------------
 
 def _check_nesting(text: str, where: str) -> None:
     """Refuse JSON nested past :data:`MAX_JSON_DEPTH` (the parser recurses),
@@ -114,8 +103,7 @@ def _check_nesting(text: str, where: str) -> None:
         if in_string:
             if char == '\\':
                 escaped = at + 1
-            elif char == '"':
-                in_string = False
+            in_string = char != '"'
         elif char == '"':
             in_string = True
         elif char in '[{':
@@ -128,28 +116,30 @@ def _check_nesting(text: str, where: str) -> None:
             depth -= 1
 
 
-def _parse_json(raw: bytes, where: str):
-    """``json.loads`` after checking the nesting."""
+def _parse_json(raw: bytes, where: str, what: str = 'a JSON object'):
+    """``json.loads`` after checking the nesting; the value must be a
+    dict."""
     try:
         text = raw.decode('utf-8')
-    except UnicodeDecodeError as err:
-        raise CheckpointFileError(
-            f'{where} is not UTF-8 JSON ({err})') from None
-    _check_nesting(text, where)
-    try:
-        return json.loads(text)
+        _check_nesting(text, where)
+        value = json.loads(text)
     except (ValueError, RecursionError) as err:
-        raise CheckpointFileError(
-            f'{where} is not valid JSON ({err})') from None
+        if isinstance(err, CheckpointFileError):
+            raise
+        raise CheckpointFileError(f'{where} is not valid UTF-8 JSON '
+                                  f'({err})') from None
+    if not isinstance(value, dict):
+        raise CheckpointFileError(f'{where} is not {what}')
+    return value
 
 
-def _read_json(path: str, limit: int, what: str):
+def _read_json(path: str, limit: int, what: str, *shape):
     size = osp.getsize(path)
     if size > limit:
         raise CheckpointFileError(f'{path}: a {size:,}-byte {what}, over the '
                                   f'{limit:,} bytes any checkpoint needs')
     with open(path, 'rb') as f:
-        return _parse_json(f.read(limit + 1), path)
+        return _parse_json(f.read(limit + 1), path, *shape)
 
 
 # --- safetensors -------------------------------------------------------------
@@ -159,88 +149,66 @@ def is_safetensors(path: str) -> bool:
     u64 header length, then the header's opening brace."""
     with open(path, 'rb') as f:
         head = f.read(9)
-    if len(head) < 9 or head[8:9] != b'{':
-        return False
-    return 2 <= struct.unpack('<Q', head[:8])[0] <= MAX_HEADER
+    return len(head) == 9 and head[8:9] == b'{' and \
+        2 <= struct.unpack('<Q', head[:8])[0] <= MAX_HEADER
 
 
-def _safetensors_header(path: str) -> dict:
-    """The checked header: every entry a real dtype, a shape and offsets
-    inside the file."""
+def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, on the CPU, in file order, once
+    its header is checked: every entry a real dtype, a shape and offsets
+    inside the file that its bytes fill."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     size = osp.getsize(path)
     with open(path, 'rb') as f:
         length = struct.unpack('<Q', f.read(8))[0]
         if 8 + length > size:
-            raise TruncatedError(
-                f'{path} is a truncated safetensors file: its header alone '
-                f'is {length:,} bytes, the file holds {size:,} (an '
-                'interrupted download or save?); fetch or save it again')
-        header = _parse_json(f.read(length), f'{path} (safetensors header)')
-    if not isinstance(header, dict):
-        raise CheckpointFileError(
-            f'{path}: a safetensors header must be a JSON '
-            'object')
+            raise TruncatedError(_TRUNCATED.format(
+                path, f'alone is {length:,} bytes', size))
+        header = _parse_json(f.read(length), f'{path} (safetensors header)',
+                             'a safetensors header: a JSON object')
     data = size - 8 - length
     for name, entry in header.items():
         if name == '__metadata__':
             continue
+        what = f'{path}: safetensors entry {name[:80]!r}'
         if not isinstance(entry, dict) or not isinstance(
                 entry.get('dtype'), str) or not isinstance(
                     entry.get('shape'), list) or not isinstance(
                         entry.get('data_offsets'), list) or len(
                             entry['data_offsets']) != 2:
-            raise CheckpointFileError(
-                f'{path}: safetensors entry {name[:80]!r} is '
-                'not a dtype, shape and data_offsets')
+            raise CheckpointFileError(f'{what} is not a dtype, shape and '
+                                      'data_offsets')
         if entry['dtype'] not in _SAFETENSORS_DTYPES:
             raise CheckpointFileError(f'{path}: {name[:80]} holds ' +
                                       KIND_REFUSAL.format(name=entry['dtype']))
         shape, (start, end) = entry['shape'], entry['data_offsets']
         if not all(type(n) is int and n >= 0 for n in shape + [start, end]) \
                 or start > end or len(shape) > MAX_DIMS:
-            raise CheckpointFileError(
-                f'{path}: safetensors entry {name[:80]!r} has '
-                'a malformed shape or data_offsets')
+            raise CheckpointFileError(f'{what} has a malformed shape or '
+                                      'data_offsets')
         if end > data:
-            raise TruncatedError(
-                f'{path} is a truncated safetensors file: its header '
-                f'describes {end:,} bytes of tensor data, the file holds '
-                f'{data:,} (an interrupted download or save?); fetch or save'
-                ' it again')
-        count = 1
-        for n in shape:
-            count *= n
-        if count * _SAFETENSORS_DTYPES[entry['dtype']] != end - start:
-            raise CheckpointFileError(
-                f'{path}: safetensors entry {name[:80]!r} of '
-                f'shape {shape} does not fill its {end - start:,}'
-                ' bytes')
-    return header
-
-
-def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, on the CPU, in file order."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    header = _safetensors_header(path)
+            raise TruncatedError(_TRUNCATED.format(
+                path, f'describes {end:,} bytes of tensor data', data))
+        if math.prod(shape) * _SAFETENSORS_DTYPES[entry['dtype']] != \
+                end - start:
+            raise CheckpointFileError(f'{what} of shape {shape} does not '
+                                      f'fill its {end - start:,} bytes')
     try:
         tensors = load_file(path, device='cpu')
     except (SafetensorError, ValueError, OverflowError, MemoryError) as err:
         raise CheckpointFileError(f'{path} is not a valid safetensors file '
                                   f'({err})') from None
-    order = [k for k in header if k != '__metadata__']
-    return OrderedDict((k, tensors[k]) for k in order if k in tensors)
+    return OrderedDict((k, tensors[k]) for k in header if k in tensors)
 
 
 # --- Hugging Face folders ----------------------------------------------------
 
-def _hf_config(folder: str) -> dict:
-    """Check a ``save_pretrained`` config: a ConvNeXt (V1/V2) or an UperNet
+def _check_hf_config(folder: str) -> None:
+    """A ``save_pretrained`` config of a ConvNeXt (V1/V2), or of an UperNet
     with one, of four stages."""
     path = osp.join(folder, 'config.json')
     config = _read_json(path, MAX_CONFIG, 'config')
-    if not isinstance(config, dict):
-        raise CheckpointFileError(f'{path} is not a JSON object')
     model = config.get('backbone_config') if config.get(
         'model_type') == 'upernet' else config
     kind = model.get('model_type') if isinstance(model, dict) else None
@@ -253,54 +221,34 @@ def _hf_config(folder: str) -> dict:
     stages, depths = model.get('num_stages', 4), model.get('depths', [0] * 4)
     if type(stages) is not int or not isinstance(depths, list) or not all(
             type(d) is int for d in depths):
-        raise CheckpointFileError(
-            f'{path}: num_stages must be an int and depths a '
-            'list of ints')
+        raise CheckpointFileError(f'{path}: num_stages must be an int and '
+                                  'depths a list of ints')
     if stages != 4 or len(depths) != 4:
         raise CheckpointFileError(
             f'{path} has num_stages={stages} (depths {depths}); the ConvNeXt '
             'of detection and segmentation has 4 stages: use a 4-stage '
             'ConvNeXt checkpoint')
-    return config
 
 
 def _shards(folder: str, index_path: str):
-    index = _read_json(index_path, MAX_INDEX, 'index')
-    weight_map = index.get('weight_map') if isinstance(index, dict) else None
+    what = 'an object whose weight_map maps tensor names to shard file names'
+    weight_map = _read_json(index_path, MAX_INDEX, 'index', what).get(
+        'weight_map')
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str)
             for k, v in weight_map.items()):
-        raise CheckpointFileError(
-            f'{index_path}: expected an object whose weight_map'
-            ' maps tensor names to shard file names')
+        raise CheckpointFileError(f'{index_path} is not {what}')
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if shard in ('', '.', '..') or osp.basename(shard) != shard or \
                 '\\' in shard or '\0' in shard:
             raise CheckpointFileError(
-                f'{index_path} names a shard that is not a '
-                f'file name inside its folder: {shard[:80]!r}')
+                f'{index_path} names a shard that is not a file name inside '
+                f'its folder: {shard[:80]!r}')
         if not osp.isfile(osp.join(folder, shard)):
             raise FileNotFoundError(f'{index_path} names shard {shard}, '
                                     f'which is not a file in {folder}')
-    return shards
-
-
-def _read_hf_folder(folder: str, map_location) -> Dict[str, torch.Tensor]:
-    _hf_config(folder)
-    for name in _HF_WEIGHTS:
-        path = osp.join(folder, name)
-        if not osp.isfile(path):
-            continue
-        if name.endswith('.index.json'):
-            state = OrderedDict()
-            for shard in _shards(folder, path):
-                state.update(read_file(osp.join(folder, shard), map_location,
-                                       folders=False))
-            return state
-        return read_file(path, map_location, folders=False)
-    raise FileNotFoundError(
-        f'{folder} has a config.json but none of {", ".join(_HF_WEIGHTS)}')
+    return [osp.join(folder, shard) for shard in shards]
 
 
 def read_file(path, map_location=None, folders: bool = True):
@@ -311,14 +259,24 @@ def read_file(path, map_location=None, folders: bool = True):
     tensors for safetensors and Hugging Face folders.
     """
     path = osp.expanduser(os.fspath(path))
-    if folders and osp.isdir(path) and \
-            osp.isfile(osp.join(path, 'config.json')):
-        return _read_hf_folder(path, map_location)
+    if folders and osp.isfile(osp.join(path, 'config.json')):
+        _check_hf_config(path)
+        for name in _HF_WEIGHTS:
+            weights = osp.join(path, name)
+            if not osp.isfile(weights):
+                continue
+            if not name.endswith('.index.json'):
+                return read_file(weights, map_location, folders=False)
+            state = OrderedDict()
+            for shard in _shards(path, weights):
+                state.update(read_file(shard, map_location, folders=False))
+            return state
+        raise FileNotFoundError(f'{path} has a config.json but none of '
+                                f'{", ".join(_HF_WEIGHTS)}')
     path = _checked_path(path)
     if not is_safetensors(path):
         return safe_torch_load(path, map_location=map_location)
     state = read_safetensors(path)
     if isinstance(map_location, (str, torch.device)):
-        state = OrderedDict(
-            (k, v.to(map_location)) for k, v in state.items())
+        state = OrderedDict((k, v.to(map_location)) for k, v in state.items())
     return state
