@@ -1,28 +1,24 @@
 """How a checkpoint maps onto a model: the one checker, its report, and the
 loads made from it.
 
-:func:`examine` takes a model and what :mod:`.safe_load` read, and returns a
+:func:`examine` maps what :mod:`.safe_load` read onto a model and returns a
 :class:`Report`: the layout, the tensors that load (under the model's
 names), what stays fresh, what is left out, and the problems that forbid
-loading. The pre-flight checks (:func:`prepare`) print it and the loader
-(:func:`load_pretrained`) loads from it, so both say the same thing. Two
-kinds of model are examined:
+loading: weights that would load silently wrong (mmengine copies NaN/Inf,
+casts integer tensors and takes meta tensors without a word) and shapes
+that do not fit. The pre-flight (:func:`prepare`) prints it and the loader
+(:func:`load_pretrained`) loads from it, so both say the same thing.
 
-- a ConvNeXt backbone (``init_cfg=dict(type='Pretrained')``): any known
-  layout is converted to our names (:mod:`.layouts`), the arch and GRN are
-  compared, and a classifier's final norm is placed as the backbone's
-  ``final_norm`` says (``'fresh'``: the paper's start, norm0..norm3 begin as
-  ones/zeros; ``'copy'``: into the last stage norm, as mmdet 3.x does). A
-  classification model applies the final norm to pooled vectors, so there
-  it is copied;
-- a whole model (``load_from``, a test or deploy checkpoint): the state dict
+- A ConvNeXt backbone (``init_cfg=dict(type='Pretrained')``): any layout of
+  :mod:`.layouts`, its arch and GRN compared, a classifier's final norm
+  placed as the backbone's ``final_norm`` says (``'fresh'``, the paper's
+  start: norm0..norm3 begin as ones/zeros; ``'copy'``: into the last stage
+  norm, as mmdet 3.x does; a classification model, which applies it to
+  pooled vectors, always copies it).
+- A whole model (``load_from``, a test or deploy checkpoint): the state dict
   as mmengine loads it (``state_dict`` unwrapped, ``module.`` stripped, a
-  Hugging Face UperNet under mmseg's names); a ConvNeXt backbone's arch is
+  Hugging Face UperNet under mmseg's names), a ConvNeXt backbone's arch
   compared as above.
-
-Problems are weights that would load silently wrong (mmengine copies NaN/Inf,
-integer tensors cast to the parameter's dtype, and meta tensors without a
-word) and shapes that do not fit.
 """
 import os
 from collections import Counter, OrderedDict
@@ -40,27 +36,19 @@ from .sources import read_checkpoint
 WHOLE_MODEL = 'whole_model'
 
 
-def _counts(names: Iterable[str], depth=lambda parts: 1) -> Counter:
-    """How many of ``names`` fall under each leading module (the first
-    ``depth(parts)`` parts of a name), in order of first appearance."""
-    return Counter('.'.join(n.split('.')[:depth(n.split('.'))])
-                   for n in names)
-
-
 def summarise(names: Iterable[str], limit: int = 8) -> str:
     """'norm0 (2), stages.1 (40)' style summary grouped by leading module."""
-    groups = list(_counts(names, lambda parts: 2 if parts[0] in (
-        'stages', 'backbone') else 1).items())
+    groups = list(Counter('.'.join(n.split('.')[:2 if n.startswith((
+        'stages.', 'backbone.')) else 1]) for n in names).items())
     shown = [f'{g} ({n})' for g, n in groups[:limit]]
-    if len(groups) > limit:
-        shown.append(f'... {len(groups) - limit} more')
-    return ', '.join(shown)
+    more = [f'... {len(groups) - limit} more'] if len(groups) > limit else []
+    return ', '.join(shown + more)
 
 
 def _parts(names: Iterable[str]) -> str:
-    """'neck (12 tensors), roi_head (30 tensors)': by top-level module."""
-    return ', '.join(f'{k} ({n} tensor{"s" * (n != 1)})'
-                     for k, n in _counts(names).items())
+    """'neck (12 tensors), roi_head (1 tensor)': by top-level module."""
+    return ', '.join(f'{k} ({n} tensor{"s" * (n != 1)})' for k, n in Counter(
+        n.split('.')[0] for n in names).items())
 
 
 @dataclass
@@ -81,10 +69,10 @@ class Report:
     def check(self) -> 'Report':
         """Raise one ValueError naming the problems, if any."""
         if self.problems:
-            more = f' (and {len(self.problems) - 3} more)' if len(
-                self.problems) > 3 else ''
+            more = len(self.problems) - 3
             raise ValueError(f'{self.source}: ' + '; '.join(
-                self.problems[:3]) + more + '; refusing to load it')
+                self.problems[:3]) + (f' (and {more} more)' if more > 0 else
+                                      '') + '; refusing to load it')
         return self
 
     def check_whole(self, option: Optional[str] = '--allow-partial'
@@ -108,13 +96,13 @@ class Report:
     def lines(self) -> List[str]:
         """The report as logged: layout, loaded, fresh, left out."""
         whole = self.layout == WHOLE_MODEL
-        name = "a whole model's state dict" if whole else \
-            LAYOUTS[self.layout].description
         part = 'model' if whole else 'backbone'
-        lines = [f'ConvNeXt: {self.source}: layout {name}',
+        lines = [f'ConvNeXt: {self.source}: layout ' + (
+            "a whole model's state dict" if whole else
+            LAYOUTS[self.layout].description),
                  f"  loaded: {len(self.loaded)} of the {part}'s "
-                 f'{self.model_size} tensors' +
-                 (self.note if not self.fresh else '')]
+                 f'{self.model_size} tensors' + ('' if self.fresh else
+                                                 self.note)]
         if self.fresh:
             lines.append('  fresh (not in the checkpoint): '
                          f'{summarise(self.fresh)}{self.note}')
@@ -127,15 +115,12 @@ class Report:
 def bad_weight(name: str, value: torch.Tensor,
                expected: Optional[torch.dtype] = None) -> Optional[str]:
     """Why ``value`` is unfit to be the weight ``name``, or None.
-
-    ``expected`` is the model's dtype for that weight; without it the weight
-    must be floating point.
-    """
+    ``expected`` is the model's dtype for it (default: floating point)."""
     if value.is_meta:
         return (f'{name} is a meta tensor (shape only, no data): the file '
                 'was saved from a model that was never materialised')
-    floating = expected is None or expected.is_floating_point
-    if floating and not value.is_floating_point():
+    if (expected is None or expected.is_floating_point) and \
+            not value.is_floating_point():
         return (f'{name} has dtype {value.dtype}, but weights are floating '
                 'point: loading it would turn its values into integers')
     if expected is not None and not expected.is_floating_point and \
@@ -150,8 +135,8 @@ def bad_weight(name: str, value: torch.Tensor,
 
 
 def is_convnext(module) -> bool:
-    """Whether ``module`` is our ConvNeXt backbone (what this module reads of
-    it: its arch, GRN and final-norm settings; the class itself lives in
+    """Whether ``module`` is our ConvNeXt backbone (what is read of it here:
+    its arch, GRN and final-norm settings; the class lives in
     :mod:`convnext_mm.models`, which loads through this package)."""
     return all(hasattr(module, name) for name in (
         'depths', 'channels', 'use_grn', 'num_stages', 'final_norm',
@@ -164,39 +149,44 @@ def _describe(depths, channels) -> str:
     return f"arch '{name}' ({spec})" if name else f'a custom arch ({spec})'
 
 
-def _arch_problem(backbone, state) -> Optional[str]:
-    """The ConvNeXt ``state`` (our names) is of another arch or V1/V2."""
+def _convert(backbone, checkpoint, source: str, prefix=None, what=''):
+    """``checkpoint`` under our ConvNeXt's names, of ``backbone``'s arch and
+    GRN: (state, what is not backbone, layout)."""
+    try:
+        state, dropped, layout = to_convnext_mm(checkpoint, prefix=prefix)
+    except ValueError as err:
+        raise ValueError(f'{source}: {what}{err}') from None
     depths, channels = infer_arch(state)
     if (depths, channels) != (tuple(backbone.depths),
                               tuple(backbone.channels)):
         fit = find_arch(depths, channels)
-        hint = (f"set arch='{fit}'" if fit else
-                f'set arch=dict(depths={list(depths)}, '
-                f'channels={list(channels)})')
-        return (f'holds a ConvNeXt of {_describe(depths, channels)}, but the '
-                f'model is {_describe(backbone.depths, backbone.channels)}: '
-                f'{hint} in the backbone config, or use a checkpoint of the '
-                "model's arch")
+        hint = (f"set arch='{fit}'" if fit else f'set arch=dict(depths='
+                f'{list(depths)}, channels={list(channels)})')
+        raise ValueError(
+            f'{source} holds a ConvNeXt of {_describe(depths, channels)}, '
+            f'but the model is {_describe(backbone.depths, backbone.channels)}'
+            f": {hint} in the backbone config, or use a checkpoint of the "
+            "model's arch")
     has_grn = any('.grn.' in k for k in state)
     if has_grn != bool(backbone.use_grn):
-        return (f'is a ConvNeXt {"V2 (with GRN)" if has_grn else "V1"} '
-                f'checkpoint but the model is built with use_grn='
-                f'{backbone.use_grn}:' +
-                (' set use_grn=True, layer_scale_init_value=0.'
-                 if has_grn else ' set use_grn=False'))
-    return None
+        raise ValueError(
+            f'{source} is a ConvNeXt {"V2 (with GRN)" if has_grn else "V1"} '
+            f'checkpoint but the model is built with use_grn='
+            f'{backbone.use_grn}: set ' + (
+                'use_grn=True, layer_scale_init_value=0.' if has_grn else
+                'use_grn=False'))
+    return state, dropped, layout
 
 
 def _place_final_norm(backbone, state) -> str:
     """Copy or leave out a classifier's final norm (``norm.*``) as the
     backbone's ``final_norm`` says; return the note for the report."""
-    if 'norm.weight' not in state:
-        if not any(k.startswith('norm') for k in state):
-            return (' (expected: the checkpoint has no final norm, as ConvNeXt'
-                    " V2's FCMAE encoders are released - the authors' "
-                    "pt_only files, timm's .fcmae, mmpretrain's fcmae_in1k)")
-        return ''
     last = f'norm{backbone.num_stages - 1}'
+    if 'norm.weight' not in state:
+        return '' if any(k.startswith('norm') for k in state) else (
+            " (expected: the checkpoint has no final norm, as ConvNeXt V2's "
+            "FCMAE encoders are released - the authors' pt_only files, "
+            "timm's .fcmae, mmpretrain's fcmae_in1k)")
     if not hasattr(backbone, last):
         return ''
     if backbone.gap_before_final_norm or backbone.final_norm == 'copy':
@@ -210,84 +200,60 @@ def _place_final_norm(backbone, state) -> str:
             '3.x)')
 
 
-def _fill(report: Report, own: Dict[str, torch.Tensor], state,
-          dropped: List[str]) -> Report:
-    """Loaded, fresh, left out and the weight/shape problems."""
+def examine(model, checkpoint, source: str,
+            prefix: Optional[str] = None) -> Report:
+    """Map ``checkpoint`` (as read) onto ``model``, a ConvNeXt backbone or a
+    whole model, possibly built on the meta device (only shapes and dtypes
+    are compared). Structural mismatches (not a checkpoint, another arch)
+    raise a ValueError at once; the rest is in the report's ``problems``."""
+    if is_convnext(model):
+        state, dropped, layout = _convert(model, checkpoint, source, prefix)
+        report = Report(source, layout, note=_place_final_norm(model, state),
+                        left_out=dropped)
+    else:
+        checkpoint = as_mmseg_checkpoint(source, checkpoint)
+        try:
+            state = unwrap(checkpoint)
+        except ValueError as err:
+            raise ValueError(f'{source}: {err}') from None
+        backbone = getattr(model, 'backbone', None)
+        if is_convnext(backbone) and any(k.startswith('backbone.')
+                                         for k in state):
+            _convert(backbone, OrderedDict((k, v) for k, v in state.items()
+                                           if k.startswith('backbone.')),
+                     source, what='its backbone: ')
+        report = Report(source, WHOLE_MODEL, contents=list(map(
+            str, checkpoint)))
+    own = model.state_dict()
     for key, value in state.items():
         if key not in own:
             report.left_out.append(key)
-            continue
-        if own[key].shape != value.shape:
+        elif own[key].shape != value.shape:
             report.problems.append(f'{key}: checkpoint {tuple(value.shape)} '
                                    f'vs model {tuple(own[key].shape)}')
-            continue
-        why = bad_weight(key, value, own[key].dtype)
-        if why:
-            report.problems.append(why)
-        report.state[key] = value
-    report.left_out[:0] = dropped
+        else:
+            why = bad_weight(key, value, own[key].dtype)
+            report.problems += [why] if why else []
+            report.state[key] = value
     report.loaded = list(report.state)
     report.fresh = [k for k in own if k not in report.state]
     report.model_size = len(own)
-    return report
-
-
-def _convert(backbone, checkpoint, source: str, prefix=None, what=''):
-    """``checkpoint`` under our ConvNeXt's names, checked against
-    ``backbone``'s arch: (state, what is not backbone, layout)."""
-    try:
-        state, dropped, layout = to_convnext_mm(checkpoint, prefix=prefix)
-    except ValueError as err:
-        raise ValueError(f'{source}: {what}{err}') from None
-    problem = _arch_problem(backbone, state)
-    if problem:
-        raise ValueError(f'{source} {problem}')
-    return state, dropped, layout
-
-
-def examine(model, checkpoint, source: str,
-            prefix: Optional[str] = None) -> Report:
-    """Map ``checkpoint`` (as read) onto ``model``: a ConvNeXt backbone or a
-    whole model (see the module docstring). ``model`` may be built on the
-    meta device (only shapes and dtypes are compared). Structural mismatches
-    (not a checkpoint, another arch) raise a ValueError at once; the rest is
-    in the report's ``problems``."""
-    own = model.state_dict()
-    if is_convnext(model):
-        state, dropped, layout = _convert(model, checkpoint, source, prefix)
-        note = _place_final_norm(model, state)
-        return _fill(Report(source, layout, note=note), own, state, dropped)
-    checkpoint = as_mmseg_checkpoint(source, checkpoint)
-    try:
-        state = unwrap(checkpoint)
-    except ValueError as err:
-        raise ValueError(f'{source}: {err}') from None
-    backbone = getattr(model, 'backbone', None)
-    if is_convnext(backbone) and any(k.startswith('backbone.') for k in state):
-        _convert(backbone, OrderedDict((k, v) for k, v in state.items()
-                                       if k.startswith('backbone.')),
-                 source, what='its backbone: ')
-    report = _fill(Report(source, WHOLE_MODEL), own, state, [])
-    report.contents = [str(k) for k in checkpoint]
-    if not report.loaded and not report.problems:
+    if report.layout == WHOLE_MODEL and not report.loaded and \
+            not report.problems:
         raise ValueError(
             f'{source} shares no parameter name with the model of this '
             f'config; its first keys: {", ".join(list(state)[:5])}')
     return report
 
 
-def _source(checkpoint) -> str:
-    return os.fspath(checkpoint) if isinstance(checkpoint, (
-        str, os.PathLike)) else 'the checkpoint'
-
-
 def _read(model, checkpoint, map_location='cpu', keep=False):
-    """``checkpoint`` (a name, or what was read) for ``model``; a backbone's
-    missing one named with the ``init_cfg`` that names it."""
+    """``checkpoint`` (a name, or what was read) and how to name it; a
+    backbone's missing one named with the ``init_cfg`` that names it."""
     if not isinstance(checkpoint, (str, os.PathLike)):
-        return checkpoint
+        return checkpoint, 'the checkpoint'
     try:
-        return read_checkpoint(checkpoint, map_location, keep=keep)
+        return read_checkpoint(checkpoint, map_location,
+                               keep=keep), os.fspath(checkpoint)
     except FileNotFoundError as err:
         if not is_convnext(model):
             raise
@@ -302,8 +268,8 @@ def prepare(model, checkpoint, prefix: Optional[str] = None) -> Report:
     pretrained checkpoint or a whole model's; the model possibly shapes
     only): one ValueError if it cannot load, else its report. What was read
     is kept for the run's own load (:func:`.sources.read_checkpoint`)."""
-    return examine(model, _read(model, checkpoint, keep=True),
-                   _source(checkpoint), prefix).check()
+    return examine(model, *_read(model, checkpoint, keep=True),
+                   prefix).check()
 
 
 def load_pretrained(model, checkpoint, prefix: Optional[str] = None,
@@ -315,8 +281,8 @@ def load_pretrained(model, checkpoint, prefix: Optional[str] = None,
     report (layout, loaded, fresh, left out) and returns those lists under
     the keys ``loaded``, ``fresh``, ``left_out`` and the ``layout`` name.
     """
-    report = examine(model, _read(model, checkpoint, map_location),
-                     _source(checkpoint), prefix).check()
+    report = examine(model, *_read(model, checkpoint, map_location),
+                     prefix).check()
     model.load_state_dict(report.state, strict=False)
     print_log('\n'.join(report.lines()), logger='current')
     return dict(loaded=report.loaded, fresh=report.fresh,
