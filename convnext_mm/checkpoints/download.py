@@ -1,19 +1,19 @@
 """Download checkpoints once per machine, safely.
 
 - The cache file is named after the whole URL (a SHA-256 prefix of it before
-  the file's own name), so ``.../a/w.pth`` and ``.../b/w.pth`` never share an
-  entry.
-- Bytes go to a temporary file in the cache folder and are renamed into
-  place only when complete (and verified): an interrupted, overlong or late
-  download leaves nothing behind, and a half-written file is never read.
+  the file's own name, the end of a long one), so ``.../a/w.pth`` and
+  ``.../b/w.pth`` never share an entry.
+- Bytes go to a temporary file in the cache folder, renamed into place only
+  when complete and verified (:mod:`.saving`): an interrupted, overlong or
+  late download leaves nothing behind.
 - Three bounds, each set by an environment variable: connecting and every
-  read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``, 60 s), the whole download
+  read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``, 60 s); the whole download
   - connecting, each redirect, the headers and the body - has a deadline
   (``CONVNEXT_MM_DOWNLOAD_DEADLINE``, 7200 s: a server sending a byte a
-  second never times a read out; a watchdog shuts the connections down when
-  it passes), and a size cap
-  (``CONVNEXT_MM_DOWNLOAD_MAX_MB``, 8192 MiB, above every ConvNeXt
-  checkpoint), checked against the announced length first.
+  second never times a read out, so a watchdog shuts the connections down
+  when it passes); and a size cap (``CONVNEXT_MM_DOWNLOAD_MAX_MB``, 8192
+  MiB, above every ConvNeXt checkpoint), checked against the announced
+  length first.
 - Progress is shown for files over 64 MiB: a bar on a terminal, a log line
   every 10% elsewhere.
 - A file name that carries a SHA-256 prefix (torch hub's and OpenMMLab's
@@ -36,18 +36,18 @@ from .saving import atomic_file
 
 # as torch.hub: the hex digits between the last '-' and the first '.'
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,64})\.')
-_CHUNK = 1 << 20
 _LARGE = 64 << 20
 DEFAULTS = dict(timeout=60., deadline=7200., max_mb=8192.)
+# of the URL's file name in the cache's (file systems allow 255 bytes, and
+# the temporary name adds to it)
+MAX_NAME = 120
 
 
 def _setting(name: str) -> float:
     variable = f'CONVNEXT_MM_DOWNLOAD_{name.upper()}'
     raw = os.environ.get(variable)
-    if raw is None:
-        return DEFAULTS[name]
     try:
-        value = float(raw)
+        value = DEFAULTS[name] if raw is None else float(raw)
     except ValueError:
         value = -1.
     if not value > 0:
@@ -56,15 +56,11 @@ def _setting(name: str) -> float:
     return value
 
 
-def _offline_hint(url: str) -> str:
-    return (f'Offline or behind a proxy? Download {url} by hand and point '
-            'the config at the file: init_cfg=dict(type=\'Pretrained\', '
-            'checkpoint=\'/path/to/file\') or load_from=\'/path/to/file\'')
-
-
-# of the URL's file name in the cache's (file systems allow 255 bytes, and
-# the temporary name adds to it)
-MAX_NAME = 120
+def _failed(url: str, what: str) -> DownloadError:
+    return DownloadError(
+        f'{what}. Offline or behind a proxy? Download {url} by hand and '
+        "point the config at the file: init_cfg=dict(type='Pretrained', "
+        "checkpoint='/path/to/file') or load_from='/path/to/file'")
 
 
 def _url_name(url: str) -> str:
@@ -76,11 +72,9 @@ def cache_path(url: str, model_dir: Optional[str] = None) -> str:
     the name's end kept when it is long (its extension, and a hash in it)."""
     import torch
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
-    key = hashlib.sha256(url.encode()).hexdigest()[:12]
-    name = _url_name(url) or 'checkpoint.pth'
-    while len(name.encode()) > MAX_NAME:
-        name = name[1:]
-    return osp.join(model_dir, f'{key}-{name}')
+    name = (_url_name(url) or 'checkpoint.pth').encode()[-MAX_NAME:]
+    return osp.join(model_dir, hashlib.sha256(url.encode()).hexdigest()[:12]
+                    + '-' + name.decode(errors='ignore'))
 
 
 class _Watchdog:
@@ -96,12 +90,10 @@ class _Watchdog:
     def fire(self):
         self.fired = True
         for connection in list(self.connections):
-            sock = getattr(connection, 'sock', None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except (AttributeError, OSError):  # not connected, or closed
+                pass
 
     def opener(self):
         """A urllib opener whose connections the watchdog knows."""
@@ -126,89 +118,80 @@ class _Watchdog:
         return urllib.request.build_opener(HTTP(), HTTPS())
 
 
-def download(url: str, dst: str, timeout: Optional[float] = None,
-             progress: bool = False) -> None:
+def download(url: str, dst: str, progress: bool = False) -> None:
     """Fetch ``url`` into ``dst`` atomically, verifying a hash in its name.
 
     Raises:
         DownloadError: with one line naming the URL and what to do offline.
     """
-    timeout = timeout or _setting('timeout')
-    allowed = _setting('deadline')
+    timeout, deadline = _setting('timeout'), _setting('deadline')
     cap = int(_setting('max_mb') * (1 << 20))
     expected = _HASH_IN_NAME.search(_url_name(url))
-    watchdog = _Watchdog(allowed)
+    watchdog = _Watchdog(deadline)
     watchdog.timer.start()
     try:
-        _fetch(url, dst, timeout, cap, expected, progress, watchdog)
+        with atomic_file(dst) as out:
+            digest = _fetch(url, out, timeout, cap, progress, watchdog)
+            if expected and not digest.startswith(expected.group(1)):
+                raise DownloadError(
+                    f"{url}: the file's SHA-256 starts with "
+                    f'{digest[:len(expected.group(1))]}, but its name '
+                    f'promises {expected.group(1)}: corrupted or tampered '
+                    'with. Nothing was kept; try again, or download it by '
+                    'hand and check it')
     except DownloadError:
         if watchdog.fired:
-            raise DownloadError(
-                f'download of {url} passed its deadline of {allowed:g} s '
-                '(CONVNEXT_MM_DOWNLOAD_DEADLINE); nothing was kept. '
-                f'{_offline_hint(url)}') from None
+            raise _failed(url, f'download of {url} passed its deadline of '
+                          f'{deadline:g} s (CONVNEXT_MM_DOWNLOAD_DEADLINE); '
+                          'nothing was kept') from None
         raise
     finally:
         watchdog.timer.cancel()
 
 
-def _fetch(url, dst, timeout, cap, expected, progress, watchdog) -> None:
+def _fetch(url, out, timeout, cap, progress, watchdog) -> str:
+    """Write ``url``'s body to ``out``; return its SHA-256."""
     digest = hashlib.sha256()
-    with atomic_file(dst) as out:
+    try:
+        response = watchdog.opener().open(url, timeout=timeout)
+    except (urllib.error.URLError, OSError, ValueError,
+            http.client.HTTPException) as err:
+        raise _failed(url, f'cannot download {url}: '
+                      f'{getattr(err, "reason", err)}') from None
+    with response:
         try:
-            response = watchdog.opener().open(url, timeout=timeout)
-        except (urllib.error.URLError, OSError, ValueError,
-                http.client.HTTPException) as err:
-            reason = getattr(err, 'reason', err)
+            total = int(response.headers.get('Content-Length') or 0)
+        except ValueError:
+            total = 0
+        if total > cap:
             raise DownloadError(
-                f'cannot download {url}: {reason}. {_offline_hint(url)}'
-            ) from None
-        with response:
+                f'{url} announces {total:,} bytes, over the download cap of '
+                f'{cap:,} (CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing was kept')
+        bar = _progress(url, total, progress)
+        while not watchdog.fired:
             try:
-                total = int(response.headers.get('Content-Length') or 0)
-            except ValueError:
-                total = 0
-            if total > cap:
+                # read1: whatever one receive brings, so that the deadline is
+                # checked however slowly bytes come
+                chunk = response.read1(1 << 20)
+            except (OSError, http.client.HTTPException) as err:
+                raise _failed(url, f'download of {url} broke off: '
+                              f'{type(err).__name__}: {err}') from None
+            if not chunk:
+                break
+            out.write(chunk)
+            digest.update(chunk)
+            bar(len(chunk))
+            if out.tell() > cap:
                 raise DownloadError(
-                    f'{url} announces {total:,} bytes, over the download '
-                    f'cap of {cap:,} (CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing '
-                    'was kept')
-            bar = _progress(url, total, progress)
-            while True:
-                try:
-                    # read1: whatever one receive brings, so that the
-                    # deadline is checked however slowly bytes come
-                    chunk = response.read1(_CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise DownloadError(
-                        f'download of {url} broke off: '
-                        f'{type(err).__name__}: {err}. '
-                        f'{_offline_hint(url)}') from None
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                bar(len(chunk))
-                if out.tell() > cap:
-                    raise DownloadError(
-                        f'download of {url} passed the cap of {cap:,} bytes '
-                        '(CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing was kept')
-                if watchdog.fired:
-                    raise DownloadError(f'download of {url}: deadline')
-            bar(None)
-        if watchdog.fired:
-            raise DownloadError(f'download of {url}: deadline')
-        if total and out.tell() != total:
-            raise DownloadError(
-                f'download of {url} ended after {out.tell():,} of '
-                f'{total:,} bytes. {_offline_hint(url)}')
-        if expected and not digest.hexdigest().startswith(expected.group(1)):
-            raise DownloadError(
-                f'{url}: the file\'s SHA-256 starts with '
-                f'{digest.hexdigest()[:len(expected.group(1))]}, but its name '
-                f'promises {expected.group(1)}: corrupted or tampered with. '
-                'Nothing was kept; try again, or download it by hand and '
-                'check it')
+                    f'download of {url} passed the cap of {cap:,} bytes '
+                    '(CONVNEXT_MM_DOWNLOAD_MAX_MB); nothing was kept')
+        bar(None)
+    if watchdog.fired:
+        raise DownloadError(f'download of {url}: deadline')
+    if total and out.tell() != total:
+        raise _failed(url, f'download of {url} ended after {out.tell():,} '
+                      f'of {total:,} bytes')
+    return digest.hexdigest()
 
 
 def _progress(url: str, total: int, show: bool):
@@ -226,10 +209,8 @@ def _progress(url: str, total: int, show: bool):
 
     def update(n):
         nonlocal done, next_tenth
-        if n is None or not total:
-            return
-        done += n
-        while next_tenth <= 10 and done * 10 >= total * next_tenth:
+        done += n or 0
+        while total and next_tenth <= 10 and done * 10 >= total * next_tenth:
             print_log(f'downloading {_url_name(url)}: {next_tenth * 10}% of '
                       f'{total / (1 << 20):,.0f} MiB', logger='current')
             next_tenth += 1
@@ -243,11 +224,10 @@ def cached_download(url: str, model_dir: Optional[str] = None,
     from mmengine.dist import barrier, get_dist_info
     rank, world_size = get_dist_info()
     dst = cache_path(url, model_dir)
-    show = os.isatty(2) if progress is None else progress
     if rank == 0 and not osp.isfile(dst):
-        download(url, dst, progress=show)
+        download(url, dst, os.isatty(2) if progress is None else progress)
     if world_size > 1:
         barrier()
         if rank != 0 and not osp.isfile(dst):
-            download(url, dst, progress=False)
+            download(url, dst)
     return dst
