@@ -208,3 +208,25 @@ def test_a_zip_with_compressed_records_reads_as_torch_reads_it(tmp_path):
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
     _check_all_entry_points(path)
+
+
+@pytest.mark.parametrize('legacy', [True, False], ids=['legacy', 'zip'])
+def test_map_location_places_every_tensor_as_torch_does(legacy):
+    """Storages are placed by ``map_location`` as torch.load places them,
+    tensors inside tuples too, sharing kept (legacy files are filled on the
+    CPU first, then read again onto the target)."""
+    t = torch.arange(12.).reshape(3, 4)
+    buf = io.BytesIO()
+    torch.save({'a': t, 'b': (t[1], [t.t()]), 'c': torch.ones(2).long()},
+               buf, _use_new_zipfile_serialization=not legacy)
+    for where in ('meta', {'cpu': 'meta'}, lambda storage, _: storage):
+        ours, ref = (load(io.BytesIO(buf.getvalue()), map_location=where)
+                     for load in (safe_torch_load, torch.load))
+        pairs = [(o['a'], o['b'][0], o['b'][1][0], o['c'])
+                 for o in (ours, ref)]
+        for x, y in zip(*pairs):
+            assert (x.device, x.shape, x.stride()) == (y.device, y.shape,
+                                                        y.stride())
+            assert x.is_meta or torch.equal(x, y)
+        assert pairs[0][0].is_meta or pairs[0][0].untyped_storage(
+        ).data_ptr() == pairs[0][1].untyped_storage().data_ptr()

@@ -317,12 +317,16 @@ def _load_zip(handle, size, where, map_location):
 
 # --- the legacy format -------------------------------------------------------
 
-def _load_legacy(handle, size, where, map_location):
+def _load_legacy(handle, size, where, map_location, filled=None):
+    """The legacy stream: magic, version, system info, the main pickle, the
+    storage keys, then the storages. Its storages follow the pickle that
+    makes their tensors, so they are filled on the CPU and, for another
+    ``map_location``, the pickle is run again on the ``filled`` storages."""
     pending = {}
 
     def later(key, nbytes):
-        # the storages follow this pickle: what they announce must fit in
-        # the bytes left, before anything is allocated for them
+        # what the storages announce must fit in the bytes left, before
+        # anything is allocated for them
         announced = nbytes + sum(map(len, pending.values()))
         if announced > size - handle.tell():
             raise TruncatedError(
@@ -348,9 +352,11 @@ def _load_legacy(handle, size, where, map_location):
         raise CheckpointFileError(
             f'{where}: a legacy torch file of protocol {version!r} or from '
             'a big-endian machine; re-save it with a current torch')
-    # storages are filled after the main pickle: its tensors share them
-    storages = _Storages(later, 'cpu', where, legacy=True)
+    storages = _Storages(later, 'cpu', where, legacy=True) if filled is None \
+        else _Storages(lambda key, n: filled[key], map_location, where, True)
     value = _run_pickle(handle, size, where, storages)
+    if filled is not None:
+        return value
     keys = _run_pickle(handle, size, where)
     if type(keys) is not list or sorted(keys) != sorted(pending):
         raise MalformedPickleError(
@@ -372,33 +378,9 @@ def _load_legacy(handle, size, where, map_location):
     if handle.tell() != size:
         raise _two_ways(where, f'{size - handle.tell():,} bytes follow the '
                         "legacy checkpoint's data")
-    if map_location in (None, 'cpu') or not storages.by_key:
+    if map_location in (None, 'cpu') or not pending:
         return value
-    restore = torch.serialization._get_restore_location(map_location)
-    moved = {id(s.untyped): restore(s.untyped, 'cpu')
-             for s in storages.by_key.values()}
-    return _move(value, moved)
-
-
-def _move(value, moved):
-    """Tensors of ``value`` on the storages ``map_location`` moved (legacy
-    files only, which torch maps before filling); each container once."""
-    def moved_tensor(item):
-        if isinstance(item, torch.Tensor):
-            target = moved.get(id(item.untyped_storage()))
-            return item if target is None else item.to(target.device)
-        return item
-
-    seen, todo = set(), [value]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen or not isinstance(node, (dict, list)):
-            continue
-        seen.add(id(node))
-        for key in list(node) if isinstance(node, dict) else range(len(node)):
-            node[key] = moved_tensor(node[key])
-            todo.append(node[key])
-    return moved_tensor(value)
+    return _load_legacy(handle, size, where, map_location, pending)
 
 
 def load(file, map_location=None, where: Optional[str] = None):
