@@ -30,19 +30,24 @@ from tools._tool import first_sentence  # noqa: E402
 
 # one read in a fresh process: seconds and the peak RSS above the start
 CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 import torch
 import convnext_mm
 from convnext_mm.checkpoints import read_file
 path, how = sys.argv[1], sys.argv[2]
-start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def high_water():  # this process's peak RSS in KiB; ru_maxrss would
+    # carry the parent's over the exec (one that just wrote 2 GB of files)
+    with open('/proc/self/status') as status:
+        return next(int(l.split()[1]) for l in status
+                    if l.startswith('VmHWM:'))
+start = high_water()
 begin = time.perf_counter()
 if how == 'ours':
     value = read_file(path)
 else:
     value = torch.load(path, map_location='cpu', weights_only=how == 'torch')
 seconds = time.perf_counter() - begin
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
+peak = high_water() - start
 print(json.dumps(dict(seconds=seconds, peak_mb=peak / 1024)))
 '''
 
