@@ -212,18 +212,15 @@ def _encode(text, encoding='latin1'):
     return text.encode('latin-1')
 
 
-# what the collections' builders hash, counted first (see unpickler.Call)
+# what the collections' builders hash, for the unpickler to count first
 def _pairs_keys(args):
     return [p[0] for p in (args[0] if args else ())
             if type(p) in (list, tuple) and len(p) == 2]
 
 
-def _items(args):
-    return list(args[0]) if args and type(args[0]) in (list, tuple) else []
-
-
-def _keys(args):
-    return list(args[0]) if args and isinstance(args[0], dict) else []
+def _members(args):
+    return list(args[0]) if args and isinstance(args[0], (
+        list, tuple, dict)) else []
 
 
 # --- argparse and mmengine: NEWOBJ, then BUILD with their state ------------
@@ -412,10 +409,10 @@ def _build_vocabulary():
     table = {
         'collections.OrderedDict': Call('OrderedDict', _ordered_dict,
                                         _pairs_keys),
-        'collections.Counter': Call('Counter', _counter, _keys),
-        'builtins.set': Call('set', _set, _items),
+        'collections.Counter': Call('Counter', _counter, _members),
+        'builtins.set': Call('set', _set, _members),
         'builtins.frozenset': Call(
-            'frozenset', lambda items=(): _set(items, frozenset), _items),
+            'frozenset', lambda items=(): _set(items, frozenset), _members),
         'builtins.bytes': Call('bytes', _bytes),
         'builtins.bytearray': Call('bytearray',
                                    lambda *a: bytearray(_bytes(*a))),
