@@ -1,23 +1,14 @@
-"""The one door through which a checkpoint file is read: it decides whether
-the file is safe, and returns plain data and tensors or one line saying why
-not. Three forms are read, recognised by content (never by name):
+"""The one door a checkpoint file comes in by: plain data and tensors, or
+one line naming the file and what is wrong with it (a ``ValueError`` of
+:mod:`convnext_mm.errors`' checkpoint kinds, or an ``UnsafeCheckpointError``).
 
-- torch files (``torch.save``'s zip or legacy format), by :mod:`.torch_file`
-  and our own pickle machine: ``torch.load`` is never called, so nothing in
-  a file is built by the callables it names;
-- safetensors files (a JSON header and raw tensor bytes, as timm and Hugging
-  Face publish them): the header is parsed and bounded here, then the
-  ``safetensors`` library reads the tensors;
-- Hugging Face ``save_pretrained`` folders: ``config.json`` (a ConvNeXt,
-  ConvNeXtV2 or UperNet-with-ConvNeXt of four stages) beside
-  ``model.safetensors``, ``pytorch_model.bin`` or the sharded index of
-  either, whose shards must be plain file names inside the folder.
-
-Every JSON document (configs, indexes, safetensors headers) is bounded in
-size and nesting before it is parsed. Whatever a file does wrong is a
-``ValueError`` (:class:`~convnext_mm.errors.CheckpointFileError` and its
-kinds) or an :class:`~convnext_mm.errors.UnsafeCheckpointError`, each one
-line naming the file.
+Three forms, recognised by content: torch files (:mod:`.torch_file`;
+``torch.load`` is never called), safetensors files (the JSON header checked
+here, then the ``safetensors`` library reads the tensors), and Hugging Face
+``save_pretrained`` folders (``config.json`` of a four-stage ConvNeXt, V2 or
+UperNet-with-ConvNeXt beside ``model.safetensors``, ``pytorch_model.bin`` or
+a sharded index of either, shards plain file names in the folder). Every
+JSON document is bounded in size and nesting before it is parsed.
 """
 import json
 import math

@@ -1,24 +1,15 @@
 """Read a torch checkpoint file (``torch.save``'s zip or legacy format)
 without ``torch.load``.
 
-The format is decided as torch decides it, by the first bytes: a zip local
-header is the zip format, a tar header the ``.tar`` format (refused: it can
-only be read by running its pickles), anything else the legacy stream. Then
-every byte of the file is accounted for before anything is built from it:
-
-- zip: the records lie back to back from offset 0, each where the central
-  directory says and named as it says, the directory follows the last one
-  and the end record ends the file. A second directory, a prefix (a pickle
-  with a zip appended), trailing data, duplicate, stray or NUL-holding
-  names, a deflated record inflating past :data:`MAX_INFLATION` are
-  refused;
-- legacy: the five pickles and the storages they announce fill the file
-  exactly, each storage's size checked against the bytes left before it is
-  allocated.
-
-Pickles are read by :mod:`.unpickler` with :mod:`.vocabulary`; each storage
-is read once, straight from the file into an uninitialised tensor, and
-``map_location`` is applied to it as ``torch.load`` applies it.
+The format is decided as torch decides it, by the first bytes (a ``.tar``
+file is refused: only running its pickles reads it), and every byte is
+accounted for before anything is built: a zip's records back to back from
+offset 0 where its directory says and named as it says, the directory after
+them and the end record at the end; a legacy file's pickles and storages
+filling it exactly, each storage's size checked against the bytes left
+before it is allocated. Pickles are run by :mod:`.unpickler`; each storage
+is read once, straight into an uninitialised tensor, and placed by
+``map_location`` as ``torch.load`` places it.
 """
 import io
 import os

@@ -1,26 +1,15 @@
 """A pickle reader that builds plain data, never what a file names.
 
-torch's weights-only unpickler is CPython's with a filtered ``find_class``:
-the callables it admits are still called with the file's own arguments,
-BUILD still sets state on what they return, and nothing bounds nesting or
-announced lengths but the C stack and memory. This machine instead:
-
-- decodes opcodes with :func:`pickletools.genops`, which builds nothing,
-  every announced length checked against the bytes left before it is read;
-- makes containers, strings and numbers itself, and every other value
-  through a *vocabulary* entry (:class:`Call`, :class:`New` or a constant)
-  chosen by the GLOBAL's name from a fixed table: no name is looked up in a
-  module. BUILD is accepted only on our own :class:`Pending` values;
-- bounds opcodes, nesting (dict keys before they are hashed, everything
-  once read), the values hashing keys visits, and the dict keys or set
-  members whose hash a file can choose (colliding ones make insertion
-  quadratic); refuses cycles. Each bound costs time linear in the pickle:
-  shared values are visited once.
-
-A file's faults are :class:`UnsafeCheckpointError` (it asks for what we do
-not build), :class:`CheckpointTooCostlyError` (over a bound) or
-:class:`MalformedPickleError` (not a pickle; a cut one
-:class:`TruncatedError`).
+Unlike torch's weights-only unpickler (CPython's, with a filtered
+``find_class``: what it admits is still called with the file's arguments),
+this machine decodes opcodes with :func:`pickletools.genops`, which builds
+nothing, every announced length checked against the bytes left; makes
+containers, strings and numbers itself and every other value through a
+vocabulary entry of ours chosen by name (no name is looked up in a module);
+accepts BUILD only on our own :class:`Pending` values; and bounds opcodes,
+nesting, hashing and chosen-hash keys in time linear in the pickle (shared
+values are visited once). What is read, refused and bounded:
+docs/security.md.
 """
 import pickletools
 from collections import OrderedDict

@@ -1,16 +1,12 @@
 """What a checkpoint's pickle may name, and how each is built by our code.
 
 :data:`VOCABULARY` is everything torch, numpy and mmengine write into model
-and training checkpoints. Each entry's function checks its arguments before
-building: a numpy array from a dtype of a fixed list (bool, integers,
-floats, fixed-length bytes and str), a shape and bytes whose length must
-match; a tensor from a storage of ours, its offset, sizes and strides
-checked against the storage; an mmengine ``HistoryBuffer`` through its
-constructor once its state is checked (its ``__setstate__`` would merge a
-file's statistics methods into the class-wide table). No entry is the
-library's own function: nothing a file names is called with the file's
-arguments. Tensors of other kinds (float8, complex, quantized) are named
-and refused: ConvNeXt weights and training state have none.
+and training checkpoints, each name mapped to a function of ours that checks
+its arguments before building (a tensor's offset, sizes and strides against
+its storage; a numpy array's bytes against its dtype and shape; a
+``HistoryBuffer``'s state before its constructor sees it). No entry is the
+library's own function. Tensors of other kinds (float8, complex, quantized)
+are named and refused. The table as users see it: docs/security.md.
 """
 import argparse
 import math
