@@ -47,6 +47,10 @@ class DownloadError(OSError):
     """A checkpoint URL could not be fetched (or did not verify)."""
 
 
+class WorkDirInUse(FileExistsError):
+    """Another run holds the work dir (:mod:`convnext_mm.launch.lock`)."""
+
+
 class NoSpaceError(OSError):
     """A file could not be written whole for want of space; nothing of it
     was left on disk."""

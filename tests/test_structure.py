@@ -123,3 +123,44 @@ print('ok')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+def _module_level_assignments(path: Path):
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value:
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target]
+            yield [t.id for t in targets if isinstance(t, ast.Name)], \
+                node.value
+
+
+def test_the_checkpoint_package_keeps_one_cache():
+    """A module-level container that starts empty is state carried between
+    calls: the package has one, the read a pre-flight hands to the run's
+    load (sources._KEPT), its key and lifetime stated beside it."""
+    empty = []
+    for path in sorted((PACKAGE / 'checkpoints').glob('*.py')):
+        for names, value in _module_level_assignments(path):
+            if (isinstance(value, (ast.Dict, ast.List, ast.Set)) and not (
+                    getattr(value, 'keys', None) or getattr(
+                        value, 'elts', None))) or (
+                    isinstance(value, ast.Call) and not value.args and
+                    not value.keywords and
+                    getattr(value.func, 'id', '') in (
+                        'dict', 'list', 'set', 'OrderedDict')):
+                empty += [f'{path.stem}.{n}' for n in names]
+    assert empty == ['sources._KEPT']
+
+
+def test_exceptions_live_beside_the_others_in_errors():
+    """Every exception class of the package is defined in errors.py, which
+    imports nothing of the package (any module may raise them)."""
+    defined = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, 'id', getattr(b, 'attr', '')).endswith(
+                        ('Error', 'Exception')) for b in node.bases):
+                defined.append((module, node.name))
+    assert {m for m, _ in defined} == {'convnext_mm.errors'}, defined
+    assert [t for m, t, _ in _imports() if m == 'convnext_mm.errors'] == []

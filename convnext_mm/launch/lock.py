@@ -19,14 +19,12 @@ import socket
 import time
 from typing import Iterator, Optional
 
+from ..errors import WorkDirInUse
+
 LOCK_FILE = 'convnext_mm.lock'
 # what a rank of each mmengine launcher finds its global rank in
 RANK_VARIABLES = dict(pytorch='RANK', slurm='SLURM_PROCID',
                       mpi='OMPI_COMM_WORLD_RANK')
-
-
-class WorkDirInUse(FileExistsError):
-    """Another run holds the work dir."""
 
 
 def _start_time(pid: int) -> Optional[str]:
