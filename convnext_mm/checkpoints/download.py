@@ -31,6 +31,11 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+import torch
+from mmengine.dist import barrier, get_dist_info
+from mmengine.logging import print_log
+from tqdm import tqdm
+
 from ..errors import DownloadError
 from .saving import atomic_file
 
@@ -70,7 +75,6 @@ def _url_name(url: str) -> str:
 def cache_path(url: str, model_dir: Optional[str] = None) -> str:
     """Where ``url`` is cached: ``<model_dir>/<sha256(url)[:12]>-<name>``,
     the name's end kept when it is long (its extension, and a hash in it)."""
-    import torch
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     name = (_url_name(url) or 'checkpoint.pth').encode()[-MAX_NAME:]
     return osp.join(model_dir, hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -200,11 +204,9 @@ def _progress(url: str, total: int, show: bool):
     if total and total < _LARGE:
         return lambda n: None
     if show:
-        from tqdm import tqdm
         bar = tqdm(total=total or None, unit='B', unit_scale=True,
                    unit_divisor=1024)
         return lambda n: bar.close() if n is None else bar.update(n)
-    from mmengine.logging import print_log
     done, next_tenth = 0, 1
 
     def update(n):
@@ -221,7 +223,6 @@ def _progress(url: str, total: int, show: bool):
 def cached_download(url: str, model_dir: Optional[str] = None,
                     progress: Optional[bool] = None) -> str:
     """Path of ``url``'s cached copy, downloading it first if needed."""
-    from mmengine.dist import barrier, get_dist_info
     rank, world_size = get_dist_info()
     dst = cache_path(url, model_dir)
     if rank == 0 and not osp.isfile(dst):

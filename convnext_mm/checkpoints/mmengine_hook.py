@@ -14,7 +14,8 @@ A whole Hugging Face UperNet comes back under mmseg's names, so
 ``load_from`` and ``tools/test.py`` take it as it is.
 """
 from mmengine.logging import print_log
-from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import (CheckpointLoader,
+                                        _process_mmcls_checkpoint)
 
 from .layouts import as_mmseg_checkpoint
 from .sources import SCHEMES, read_checkpoint, refused
@@ -34,7 +35,6 @@ def load_from_safe(filename, map_location=None):
 
 def load_from_mmcls(filename, map_location=None):
     """``mmcls://``: as mmengine's, the backbone of an mmcls model."""
-    from mmengine.runner.checkpoint import _process_mmcls_checkpoint
     return _process_mmcls_checkpoint(
         read_checkpoint(filename, map_location=map_location))
 

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from typing import Dict
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ..errors import (CheckpointFileError, CheckpointTooCostlyError,
                       MalformedPickleError, TruncatedError)
@@ -112,13 +114,15 @@ def _parse_json(raw: bytes, where: str, what: str = 'a JSON object'):
     dict."""
     try:
         text = raw.decode('utf-8')
-        _check_nesting(text, where)
+    except UnicodeDecodeError as err:
+        raise CheckpointFileError(f'{where} is not UTF-8 JSON ({err})') \
+            from None
+    _check_nesting(text, where)
+    try:
         value = json.loads(text)
     except (ValueError, RecursionError) as err:
-        if isinstance(err, CheckpointFileError):
-            raise
-        raise CheckpointFileError(f'{where} is not valid UTF-8 JSON '
-                                  f'({err})') from None
+        raise CheckpointFileError(f'{where} is not valid JSON ({err})') \
+            from None
     if not isinstance(value, dict):
         raise CheckpointFileError(f'{where} is not {what}')
     return value
@@ -148,8 +152,6 @@ def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     """All tensors of a safetensors file, on the CPU, in file order, once
     its header is checked: every entry a real dtype, a shape and offsets
     inside the file that its bytes fill."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     size = osp.getsize(path)
     with open(path, 'rb') as f:
         length = struct.unpack('<Q', f.read(8))[0]

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Dict, Optional
 
 import torch
+from safetensors.torch import save
 
 from ..errors import NoSpaceError
 
@@ -113,7 +114,6 @@ def write_safetensors(state: Dict[str, torch.Tensor], out,
 
     Tensors are stored contiguous and unshared (the format keeps no views).
     """
-    from safetensors.torch import save
     out.write(
         save({k: v.detach().contiguous().clone()
               for k, v in state.items()},

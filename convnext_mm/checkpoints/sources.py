@@ -14,6 +14,9 @@ import os
 import os.path as osp
 import re
 
+from mmengine.fileio import get_file_backend
+from mmengine.runner import checkpoint as mm
+
 from ..errors import UnsupportedSchemeError
 from .download import cached_download
 from .safe_load import read_file, safe_torch_load
@@ -58,7 +61,6 @@ def scheme(name: str) -> str:
 
 def _zoo_target(name: str, kind: str) -> str:
     """The URL (or local file under mmengine's home) of a model-zoo name."""
-    from mmengine.runner import checkpoint as mm
     key = name.split('://', 1)[1]
     if kind == 'open-mmlab':
         key = mm.get_deprecated_model_names().get(key, key)
@@ -97,7 +99,6 @@ def read_checkpoint(name, map_location='cpu', keep: bool = False):
     name = os.fspath(name)
     if scheme(name) == 'backend':
         _KEPT.clear()
-        from mmengine.fileio import get_file_backend
         backend = get_file_backend(name, backend_args={'backend': 'petrel'})
         with io.BytesIO(backend.get(name)) as buffer:
             return safe_torch_load(buffer, map_location=map_location)

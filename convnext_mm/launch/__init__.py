@@ -13,7 +13,8 @@ from .runner import (STAGE_SPLITS, PreflightRunner, add_lock_arg,
                      add_run_args, build_runner, prepare_runner)
 
 __all__ = [
-    'ConfigError', 'PreflightRunner', 'STAGE_SPLITS', 'TASKS', 'adapt_to_device', 'add_lock_arg', 'add_run_args',
+    'ConfigError', 'PreflightRunner', 'STAGE_SPLITS', 'TASKS',
+    'adapt_to_device', 'add_lock_arg', 'add_run_args',
     'build_runner', 'check_backbone_args', 'check_checkpoint', 'check_data',
     'check_label_maps', 'check_model', 'check_options', 'check_resume',
     'load_config', 'lock', 'prepare_runner', 'task_of',

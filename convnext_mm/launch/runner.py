@@ -124,7 +124,8 @@ class PreflightRunner(Runner):
     the start of :meth:`train`, :meth:`val` or :meth:`test`. A test refuses
     a checkpoint that leaves parts of the model without weights unless the
     config says ``allow_partial=True``. A training run holds the work dir's
-    lock to its end (``ignore_lock=True`` in the config: as ``--ignore-lock``). Our own tools check first and build a plain
+    lock to its end (``ignore_lock=True`` in the config: as
+    ``--ignore-lock``). Our own tools check first and build a plain
     ``Runner`` (:func:`build_runner`)."""
 
     @classmethod
