@@ -1,19 +1,21 @@
 """A pickle reader that builds plain data, never what a file names.
 
-Unlike torch's weights-only unpickler (CPython's, with a filtered
-``find_class``: what it admits is still called with the file's arguments),
-this machine decodes opcodes with :func:`pickletools.genops`, which builds
-nothing, every announced length checked against the bytes left; makes
-containers, strings and numbers itself and every other value through a
-vocabulary entry of ours chosen by name (no name is looked up in a module);
-accepts BUILD only on our own :class:`Pending` values; and bounds opcodes,
-nesting, hashing and chosen-hash keys in time linear in the pickle (shared
-values are visited once). What is read, refused and bounded:
-docs/security.md.
+Python's own pure-Python unpickler (``pickle._Unpickler``, whose opcodes
+build only strings, numbers, tuples and lists) runs the pickle, with every
+opcode that calls, hashes or allocates replaced: a name is looked up in our
+vocabulary, never in a module; REDUCE and NEWOBJ call our builders; BUILD
+finishes only our :class:`Pending` values; dict keys and set members are
+counted before they are hashed; an announced length is checked against the
+bytes left before it is read; opcodes that build objects any other way are
+refused. Shared values are visited once (time linear in the pickle). What is
+read, refused and bounded: docs/security.md.
 """
+import argparse
+import pickle
 import pickletools
+import struct
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from ..errors import (CheckpointTooCostlyError, MalformedPickleError,
                       TruncatedError, UnsafeCheckpointError)
@@ -62,8 +64,10 @@ class Refused(Internal):
 
 
 class Pending(Internal):
-    """A value that becomes whole on BUILD: ``build(state)`` returns it.
-    One never built is refused when the pickle ends."""
+    """A value that becomes whole on BUILD: ``build(state)`` returns it, and
+    the memo hands out the built value from then on. One never built is
+    refused when the pickle ends."""
+    built = None
 
     def build(self, state):  # pragma: no cover - interface
         raise NotImplementedError
@@ -78,20 +82,20 @@ def _is_safe_key(key) -> bool:
 
 class _Reader:
     """``read``/``readline`` over a bounded window of a file, refusing any
-    read past it before allocating (pickletools reads what an opcode
-    announces)."""
+    read past it before allocating."""
 
     def __init__(self, stream, end: int, where: str):
         self.stream, self.end, self.where = stream, end, where
 
-    def read(self, n=-1):
+    def read(self, n):
         left = self.end - self.stream.tell()
         if n > left:
             raise TruncatedError(
-                f'{self.where} is truncated: a value announces {n:,} bytes '
-                f'but only {left:,} remain (an interrupted save or '
-                'download?)')
-        return self.stream.read(left if n < 0 else n)
+                f'{self.where} is truncated: ' + (
+                    'its pickle ends before STOP' if left == 0 else
+                    f'a value announces {n:,} bytes but only {left:,} '
+                    'remain') + ' (an interrupted save or download?)')
+        return self.stream.read(n)
 
     def readline(self):
         left = self.end - self.stream.tell()
@@ -106,7 +110,8 @@ class _Reader:
 class _Memo:
     """The pickle's memo: a list while its keys come in order, as picklers
     write them (a dict of a million int keys costs ten times the memory),
-    and a dict for any other key."""
+    and a dict for any other key. A :class:`Pending` value is handed out
+    as what it built."""
     __slots__ = ('dense', 'sparse')
 
     def __init__(self):
@@ -115,9 +120,11 @@ class _Memo:
     def __len__(self):
         return len(self.dense) + len(self.sparse)
 
-    def get(self, key, default=None):
-        return self.dense[key] if 0 <= key < len(self.dense) else \
-            self.sparse.get(key, default)
+    def __getitem__(self, key):
+        value = self.dense[key] if 0 <= key < len(self.dense) else \
+            self.sparse[key]
+        return value.built if isinstance(value, Pending) and \
+            value.built is not None else value
 
     def __setitem__(self, key, value):
         if key == len(self.dense):
@@ -130,33 +137,29 @@ class _Memo:
 
 
 _MISSING = Internal()
-_AS_IS = {'INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4',
-          'FLOAT', 'BINFLOAT', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE',
-          'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'}
-_CONSTANTS = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
-_TEXT = {'STRING', 'BINSTRING', 'SHORT_BINSTRING'}  # protocol 0-2 str
-_EMPTY = {'EMPTY_DICT': dict, 'EMPTY_LIST': list, 'EMPTY_TUPLE': tuple,
-          'EMPTY_SET': set}
-_FROM_MARK = {'TUPLE', 'LIST', 'FROZENSET', 'DICT'}
-_MEMO_PUT = {'PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'}
-_MEMO_GET = {'GET', 'BINGET', 'LONG_BINGET'}
-_ADD = {'APPEND': list, 'APPENDS': list, 'SETITEM': dict, 'SETITEMS': dict,
-        'ADDITEMS': set}
+_FILLED = {pickle.APPEND: (list, 1), pickle.APPENDS: (list, None),
+           pickle.SETITEM: (dict, 2), pickle.SETITEMS: (dict, None),
+           pickle.ADDITEMS: (set, None)}
+# opcodes never needed to rebuild plain data: INST, OBJ, EXT1/2/4,
+# NEXT_BUFFER, READONLY_BUFFER (and anything newer: not in the table)
+_REFUSED_OPS = (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2,
+                pickle.EXT4, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER)
 
 
-class Machine:
+class Machine(pickle._Unpickler):
     """One pickle's run: ``Machine(vocabulary, persistent_load).load(...)``.
 
     ``vocabulary`` maps ``'module.name'`` to a :class:`Call`, a :class:`New`
     or a constant pushed as it is; ``persistent_load(pid)`` turns a
     persistent id (already plain data) into a value.
     """
+    dispatch = {code: op for code, op in pickle._Unpickler.dispatch.items()
+                if bytes([code]) not in _REFUSED_OPS}
 
-    def __init__(self, vocabulary: Dict[str, Any],
+    def __init__(self, vocabulary: Dict[str, object],
                  persistent_load: Optional[Callable] = None,
                  where: str = 'the checkpoint'):
-        self.vocabulary = vocabulary
-        self.persistent_load = persistent_load
+        self.vocabulary, self.pid_loader = vocabulary, persistent_load
         self.where = where
         self.risky_keys = self.hashed_elements = 0
 
@@ -172,6 +175,58 @@ class Machine:
         return CheckpointTooCostlyError(
             f'{self.where}: {what}; no model checkpoint has such a pickle. '
             'Refusing to load it')
+
+    def load(self, stream, end: int):
+        """Run the pickle that starts at ``stream``'s position and must end
+        by ``end``; return its value (whole, plain, acyclic)."""
+        super().__init__(_Reader(stream, end, self.where), encoding='latin1')
+        self.memo = _Memo()
+        self._unframer = pickle._Unframer(self._file_read,
+                                          self._file_readline)
+        self.read, self.readline = self._unframer.read, self._unframer.readline
+        self.readinto = self._unframer.readinto
+        self.stack, self.metastack = [], []
+        self.append = self.stack.append
+        try:
+            for _ in range(MAX_PICKLE_OPS):
+                code = self.read(1)[0]
+                op = self.dispatch.get(code)
+                if op is None:
+                    name = pickletools.code2op.get(chr(code))
+                    raise self.unsafe('the pickle opcode ' + (
+                        name.name if name else f'{code:#04x}'))
+                op(self)
+            raise self.costly(f'the pickle has more than {MAX_PICKLE_OPS:,} '
+                              'opcodes')
+        except pickle._Stop as stop:
+            if self.stack or self.metastack:
+                raise self.malformed('values left on the stack') from None
+            return self.finish(stop.value)
+        except (UnsafeCheckpointError, MalformedPickleError,
+                CheckpointTooCostlyError):
+            raise
+        except (pickle.UnpicklingError, ValueError, OverflowError,
+                UnicodeError, IndexError, KeyError, TypeError, EOFError,
+                AttributeError, struct.error) as err:
+            if isinstance(err, IndexError):
+                err = 'stack underflow or no MARK'
+            raise self.malformed(f'{type(err).__name__}: '
+                                 f'{str(err)[:200]}') from None
+
+    def find_class(self, module, name):
+        full = f'{_PY2_MODULES.get(module, module)}.{name}'
+        entry = self.vocabulary.get(full, _MISSING)
+        if entry is _MISSING:
+            raise UnsafeCheckpointError(f'{self.where}: refusing to load '
+                                        f'{full[:200]}: {_REFUSED_BY_NAME}')
+        if isinstance(entry, Refused):
+            raise UnsafeCheckpointError(f'{self.where}: {entry.why}')
+        return entry
+
+    def persistent_load(self, pid):
+        if self.pid_loader is None:
+            raise self.unsafe('a persistent id outside a torch file')
+        return self.pid_loader(pid)
 
     def check_key(self, key):
         """Count a dict key or set member whose hash the file can choose,
@@ -204,37 +259,23 @@ class Machine:
 
     def fill(self, target, kind, items):
         """Add ``items`` to ``target`` as APPEND(S), SETITEM(S) and
-        ADDITEMS do (``kind``: list, dict or set)."""
+        ADDITEMS do (``kind``: list, dict or set); return it."""
         if not isinstance(target, kind):
             raise self.malformed(f'adding {kind.__name__} items to a '
                                  f'{type(target).__name__}')
         if kind is list:
             target.extend(items)
-        elif kind is set:
-            for item in items:
-                self.check_key(item)
-                target.add(item)
-        else:
-            if len(items) % 2:
-                raise self.malformed('odd dict items')
-            for key, value in zip(items[::2], items[1::2]):
-                if isinstance(key, Pending) or isinstance(value, Pending):
-                    raise self.unsafe('an unfinished object used as a value')
-                self.check_key(key)
-                target[key] = value
+            return target
+        if kind is dict and len(items) % 2:
+            raise self.malformed('odd dict items')
+        for key in items[::2] if kind is dict else items:
+            self.check_key(key)
+        if kind is set:
+            target.update(items)
+        for key, value in zip(items[::2], items[1::2]) if kind is dict \
+                else ():
+            target[key] = value  # one by one: a Counter's update counts
         return target
-
-    def resolve_global(self, module, name):
-        if not isinstance(module, str) or not isinstance(name, str):
-            raise self.malformed('STACK_GLOBAL of non-strings')
-        full = f'{_PY2_MODULES.get(module, module)}.{name}'
-        entry = self.vocabulary.get(full, _MISSING)
-        if entry is _MISSING:
-            raise UnsafeCheckpointError(f'{self.where}: refusing to load '
-                                        f'{full[:200]}: {_REFUSED_BY_NAME}')
-        if isinstance(entry, Refused):
-            raise UnsafeCheckpointError(f'{self.where}: {entry.why}')
-        return entry
 
     def call(self, entry, args, opcode):
         if not isinstance(entry, Call) or \
@@ -260,157 +301,52 @@ class Machine:
             # the builder would not build what the file asks for
             raise self.unsafe(f'{entry.name}: {err}') from None
 
-    def build(self, stack, state, memo, pending_keys):
+    def load_reduce(self):
+        args = self.stack.pop()
+        self.stack[-1] = self.call(self.stack[-1], args, 'REDUCE')
+
+    def load_newobj(self, kwargs=None):
+        args = self.stack.pop()
+        if kwargs not in (None, {}):
+            raise self.unsafe('NEWOBJ_EX with keyword arguments')
+        self.stack[-1] = self.call(self.stack[-1], args, 'NEWOBJ')
+
+    def load_newobj_ex(self):
+        self.load_newobj(self.stack.pop())
+
+    def load_build(self):
         """BUILD: a state dict's ``_metadata`` on an OrderedDict, or the
         state that finishes one of our :class:`Pending` values."""
-        if stack and type(stack[-1]) is OrderedDict:
-            self.set_metadata(stack[-1], state)
-            return
-        if not stack or not isinstance(stack[-1], Pending):
-            target = type(stack[-1]).__name__ if stack else None
-            raise self.unsafe(f'BUILD (setting state) on a {target}')
-        pending = stack[-1]
+        state, target = self.stack.pop(), self.stack[-1]
+        if type(target) is OrderedDict:
+            return self.set_metadata(target, state)
+        if not isinstance(target, Pending) or target.built is not None:
+            raise self.unsafe(f'BUILD (setting state) on a '
+                              f'{type(target).__name__}')
         try:
-            stack[-1] = pending.build(state)
+            target.built = self.stack[-1] = target.build(state)
         except UnsafeCheckpointError as err:
             raise self.unsafe(str(err)) from None
         except TypeError as err:
             raise self.malformed(str(err)) from None
-        for key in pending_keys.pop(id(pending), ()):
-            if memo.get(key) is pending:
-                memo[key] = stack[-1]
 
-    def load(self, stream, end: int):
-        """Run the pickle that starts at ``stream``'s position and must end
-        by ``end``; return its value (whole, plain, acyclic)."""
-        stack, metastack, memo = [], [], _Memo()
-        pending_keys: Dict[int, list] = {}  # memo keys holding a Pending
+    def load_filled(self, kind, count):
+        items = self.pop_mark() if count is None else self.stack[-count:]
+        if count is not None:
+            del self.stack[-count:]
+        self.fill(self.stack[-1], kind, items)
 
-        def pop(n=None):
-            if len(stack) < (n or 1):
-                raise self.malformed('stack underflow')
-            if n is None:
-                return stack.pop()
-            items = stack[len(stack) - n:]
-            del stack[len(stack) - n:]
-            return items
+    def load_dict(self):
+        items = self.pop_mark()  # before self.append: it changes it
+        self.append(self.fill({}, dict, items))
 
-        def pop_mark():
-            nonlocal stack
-            if not metastack:
-                raise self.malformed('no MARK')
-            items, stack = stack, metastack.pop()
-            return items
+    def load_frozenset(self):
+        items = self.pop_mark()
+        self.append(frozenset(self.fill(set(), set, items)))
 
-        try:
-            ops = pickletools.genops(_Reader(stream, end, self.where))
-            for count, (op, arg, _) in enumerate(ops):
-                if count >= MAX_PICKLE_OPS:
-                    raise self.costly(f'the pickle has more than '
-                                      f'{MAX_PICKLE_OPS:,} opcodes')
-                name = op.name
-                if name in _AS_IS:
-                    stack.append(arg)
-                elif name in _MEMO_GET:
-                    value = memo.get(int(arg), _MISSING)
-                    if value is _MISSING:
-                        raise self.malformed(f'memo {arg} was never set')
-                    stack.append(value)
-                elif name in _MEMO_PUT:
-                    if not stack:
-                        raise self.malformed('stack underflow')
-                    key = len(memo) if name == 'MEMOIZE' else int(arg)
-                    memo[key] = stack[-1]
-                    if isinstance(stack[-1], Pending):
-                        pending_keys.setdefault(id(stack[-1]), []).append(key)
-                elif name in _CONSTANTS:
-                    stack.append(_CONSTANTS[name])
-                elif name in _TEXT:
-                    stack.append(arg.decode('latin-1') if isinstance(
-                        arg, bytes) else str(arg))
-                elif name == 'BYTEARRAY8':
-                    stack.append(bytearray(arg))
-                elif name in _EMPTY:
-                    stack.append(_EMPTY[name]())
-                elif name in ('PROTO', 'FRAME'):
-                    continue
-                elif name == 'MARK':
-                    metastack.append(stack)
-                    stack = []
-                elif name in _FROM_MARK or name in ('TUPLE1', 'TUPLE2',
-                                                    'TUPLE3'):
-                    items = pop_mark() if name in _FROM_MARK else \
-                        pop(int(name[-1]))
-                    if any(isinstance(i, Pending) for i in items):
-                        raise self.unsafe('an unfinished object in a '
-                                          'container')
-                    if name in ('LIST', 'DICT'):
-                        kind = list if name == 'LIST' else dict
-                        stack.append(self.fill(kind(), kind, items))
-                    elif name == 'FROZENSET':
-                        stack.append(frozenset(self.fill(set(), set, items)))
-                    else:
-                        stack.append(tuple(items))
-                elif name in _ADD:
-                    items = pop_mark() if name.endswith('S') else pop(
-                        1 if name == 'APPEND' else 2)
-                    if not stack:
-                        raise self.malformed('stack underflow')
-                    self.fill(stack[-1], _ADD[name], items)
-                elif name == 'POP':
-                    if stack:
-                        stack.pop()
-                    else:
-                        pop_mark()
-                elif name == 'POP_MARK':
-                    pop_mark()
-                elif name == 'DUP':
-                    stack.extend(pop(1) * 2)
-                elif name == 'GLOBAL':
-                    module, _, attr = arg.partition(' ')
-                    stack.append(self.resolve_global(module, attr))
-                elif name == 'STACK_GLOBAL':
-                    module, attr = pop(2)
-                    stack.append(self.resolve_global(module, attr))
-                elif name in ('REDUCE', 'NEWOBJ'):
-                    entry, args = pop(2)
-                    stack.append(self.call(entry, args, name))
-                elif name == 'NEWOBJ_EX':
-                    entry, args, kwargs = pop(3)
-                    if kwargs != {}:
-                        raise self.unsafe('NEWOBJ_EX with keyword arguments')
-                    stack.append(self.call(entry, args, 'NEWOBJ'))
-                elif name == 'BUILD':
-                    self.build(stack, pop(), memo, pending_keys)
-                elif name in ('BINPERSID', 'PERSID'):
-                    pid = pop() if name == 'BINPERSID' else arg
-                    if self.persistent_load is None:
-                        raise self.unsafe('a persistent id outside a '
-                                          'torch file')
-                    stack.append(self.persistent_load(pid))
-                elif name == 'STOP':
-                    value = pop()
-                    if stack or metastack:
-                        raise self.malformed('values left on the stack')
-                    return self.finish(value)
-                else:
-                    # INST, OBJ, EXT1/2/4, NEXT_BUFFER, READONLY_BUFFER and
-                    # anything newer: never needed to rebuild plain data
-                    raise self.unsafe(f'the pickle opcode {name}')
-            raise TruncatedError(f'{self.where} is truncated: its pickle '
-                                 'ends before STOP')
-        except (UnsafeCheckpointError, MalformedPickleError,
-                CheckpointTooCostlyError):
-            raise
-        except (ValueError, OverflowError, UnicodeError, IndexError,
-                KeyError) as err:
-            text = str(err)
-            if 'but only' in text or 'exhausted before' in text or \
-                    'remain' in text:
-                raise TruncatedError(
-                    f'{self.where} is truncated: {text}') from None
-            raise self.malformed(f'{type(err).__name__}: '
-                                 f'{text[:200]}') from None
+    def load_bytearray8(self):
+        self.load_binbytes8()
+        self.stack[-1] = bytearray(self.stack[-1])
 
     def set_metadata(self, target, state):
         """BUILD on an OrderedDict: only the ``_metadata`` of a module's
@@ -442,7 +378,7 @@ class Machine:
                     'an object whose state was never set' if isinstance(
                         node, Pending) else 'a bare storage or global as a '
                     'value')
-            if not isinstance(node, (dict, list, tuple, set, frozenset)):
+            if not isinstance(node, _CONTAINERS):
                 continue
             key = id(node)
             if leaving:
@@ -462,7 +398,19 @@ class Machine:
         return value
 
 
+for _code, (_kind, _count) in _FILLED.items():
+    Machine.dispatch[_code[0]] = \
+        lambda self, kind=_kind, count=_count: self.load_filled(kind, count)
+for _name in ('reduce', 'newobj', 'newobj_ex', 'build', 'dict', 'frozenset',
+              'bytearray8'):
+    Machine.dispatch[getattr(pickle, _name.upper())[0]] = getattr(
+        Machine, f'load_{_name}')
+_CONTAINERS = (dict, list, tuple, set, frozenset, argparse.Namespace)
+
+
 def _children(node):
+    if isinstance(node, argparse.Namespace):
+        node = vars(node)
     if isinstance(node, dict):
         yield from node.keys()
         yield from node.values()
