@@ -1,25 +1,8 @@
-"""Download checkpoints once per machine, safely.
-
-- The cache file is named after the whole URL (a SHA-256 prefix of it before
-  the file's own name, the end of a long one), so ``.../a/w.pth`` and
-  ``.../b/w.pth`` never share an entry.
-- Bytes go to a temporary file in the cache folder, renamed into place only
-  when complete and verified (:mod:`.saving`): an interrupted, overlong or
-  late download leaves nothing behind.
-- Three bounds, each set by an environment variable: connecting and every
-  read time out (``CONVNEXT_MM_DOWNLOAD_TIMEOUT``, 60 s); the whole download
-  - connecting, each redirect, the headers and the body - has a deadline
-  (``CONVNEXT_MM_DOWNLOAD_DEADLINE``, 7200 s: a server sending a byte a
-  second never times a read out, so a watchdog shuts the connections down
-  when it passes); and a size cap (``CONVNEXT_MM_DOWNLOAD_MAX_MB``, 8192
-  MiB, above every ConvNeXt checkpoint), checked against the announced
-  length first.
-- Progress is shown for files over 64 MiB: a bar on a terminal, a log line
-  every 10% elsewhere.
-- A file name that carries a SHA-256 prefix (torch hub's and OpenMMLab's
-  ``name-<hash>.pth`` convention) is checked against it.
-- In distributed runs rank 0 downloads while the others wait at a barrier.
-"""
+"""Download checkpoints once per machine: cached under a name keyed by the
+whole URL, written whole or not at all (:mod:`.saving`), bounded by a read
+timeout, a deadline over the whole download and a size cap (the settings:
+docs/security.md), a SHA-256 prefix in the file name verified; in
+distributed runs rank 0 downloads while the others wait."""
 import hashlib
 import http.client
 import os

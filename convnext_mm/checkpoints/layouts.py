@@ -1,19 +1,11 @@
-"""The ConvNeXt checkpoint layouts, in one table, and their mapping to ours.
+"""The ConvNeXt checkpoint layouts, in one table, and their mapping to ours
+(the authors' detection/segmentation names without ``backbone.``).
 
-Ours are the names of the authors' detection/segmentation release without the
-``backbone.`` prefix (see :mod:`convnext_mm.models.convnext`). Each layout
-of :data:`LAYOUTS` is recognised by key patterns and converted by renaming
-rules (a regex and its replacement; a key no rule matches is not backbone:
-classifier heads, necks, decoders). A classification checkpoint's final norm
-keeps the authors' name ``norm.weight``/``norm.bias``: whether it goes into
-the dense model's ``norm3`` is the report's decision (:mod:`.report`).
-
-Hugging Face transformers name the stem ``embeddings.*``, the blocks
-``encoder.stages.N.layers.M.*``, the classifier's final norm ``layernorm``
-and a ``ConvNextBackbone``'s stage norms ``hidden_states_norms.stageK``; a
-whole ``UperNetForSemanticSegmentation`` holds such a backbone under
-``backbone.`` and mmseg's heads with ``batch_norm``/``classifier`` for
-``bn``/``conv_seg`` (:func:`as_mmseg_checkpoint`).
+Each layout of :data:`LAYOUTS` is recognised by key patterns and converted by
+renaming rules (a regex and its replacement); a key no rule matches is not
+backbone (heads, necks, decoders). A classifier's final norm keeps the
+authors' name ``norm.*``: where it goes is the report's decision
+(:mod:`.report`). The layouts as users see them: docs/checkpoints.md.
 """
 import math
 import re

@@ -1,17 +1,11 @@
 """Route every checkpoint mmengine loads through convnext_mm's safe reader.
 
-mmengine reads checkpoints through ``CheckpointLoader``, a table of URL
-schemes to loader functions (``load_from``, ``--resume``, ``init_cfg``,
-``load_checkpoint``, the runner's own loads), each calling ``torch.load``.
-:func:`install`, which ``import convnext_mm`` runs, replaces every scheme in
-that table, as found at that moment, with a loader of ours that reads the
-same name through :mod:`.sources`, or refuses it in one line (a scheme not
-in :data:`.sources.SCHEMES`, such as ``pavi://``).
-``CheckpointLoader.load_checkpoint`` itself is wrapped so that a scheme
-registered later, whose loader is not ours, is refused too.
-
-A whole Hugging Face UperNet comes back under mmseg's names, so
-``load_from`` and ``tools/test.py`` take it as it is.
+:func:`install`, which ``import convnext_mm`` runs, replaces every scheme of
+mmengine's ``CheckpointLoader`` (``load_from``, ``--resume``, ``init_cfg``,
+``load_checkpoint``) with a loader of ours that reads the name through
+:mod:`.sources`, or refuses it in one line (a scheme not in
+:data:`.sources.SCHEMES`, or one registered later). A whole Hugging Face
+UperNet comes back under mmseg's names.
 """
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import (CheckpointLoader,

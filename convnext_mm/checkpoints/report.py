@@ -1,24 +1,14 @@
 """How a checkpoint maps onto a model: the one checker, its report, and the
 loads made from it.
 
-:func:`examine` maps what :mod:`.safe_load` read onto a model and returns a
-:class:`Report`: the layout, the tensors that load (under the model's
-names), what stays fresh, what is left out, and the problems that forbid
-loading: weights that would load silently wrong (mmengine copies NaN/Inf,
-casts integer tensors and takes meta tensors without a word) and shapes
-that do not fit. The pre-flight (:func:`prepare`) prints it and the loader
-(:func:`load_pretrained`) loads from it, so both say the same thing.
-
-- A ConvNeXt backbone (``init_cfg=dict(type='Pretrained')``): any layout of
-  :mod:`.layouts`, its arch and GRN compared, a classifier's final norm
-  placed as the backbone's ``final_norm`` says (``'fresh'``, the paper's
-  start: norm0..norm3 begin as ones/zeros; ``'copy'``: into the last stage
-  norm, as mmdet 3.x does; a classification model, which applies it to
-  pooled vectors, always copies it).
-- A whole model (``load_from``, a test or deploy checkpoint): the state dict
-  as mmengine loads it (``state_dict`` unwrapped, ``module.`` stripped, a
-  Hugging Face UperNet under mmseg's names), a ConvNeXt backbone's arch
-  compared as above.
+:func:`examine` maps what was read onto a ConvNeXt backbone (any layout of
+:mod:`.layouts`, arch and GRN compared, a classifier's final norm placed as
+the backbone's ``final_norm`` says) or onto a whole model (the state dict as
+mmengine loads it) and returns a :class:`Report`: what loads, what stays
+fresh, what is left out, and the problems that forbid loading (weights that
+would load silently wrong, shapes that do not fit). The pre-flight
+(:func:`prepare`) prints it and :func:`load_pretrained` loads from it, so
+both say the same thing (docs/checkpoints.md).
 """
 import os
 from collections import Counter, OrderedDict

@@ -1,14 +1,12 @@
 """The one door a checkpoint file comes in by: plain data and tensors, or
-one line naming the file and what is wrong with it (a ``ValueError`` of
-:mod:`convnext_mm.errors`' checkpoint kinds, or an ``UnsafeCheckpointError``).
+one line naming the file and what is wrong with it.
 
 Three forms, recognised by content: torch files (:mod:`.torch_file`;
 ``torch.load`` is never called), safetensors files (the JSON header checked
 here, then the ``safetensors`` library reads the tensors), and Hugging Face
-``save_pretrained`` folders (``config.json`` of a four-stage ConvNeXt, V2 or
-UperNet-with-ConvNeXt beside ``model.safetensors``, ``pytorch_model.bin`` or
-a sharded index of either, shards plain file names in the folder). Every
-JSON document is bounded in size and nesting before it is parsed.
+``save_pretrained`` folders (a four-stage ConvNeXt, V2 or UperNet-with-
+ConvNeXt ``config.json`` beside its weights, sharded or not). Every JSON
+document is bounded in size and nesting before it is parsed.
 """
 import json
 import math
@@ -24,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import (CheckpointFileError, CheckpointTooCostlyError,
-                      MalformedPickleError, TruncatedError)
+                      TruncatedError)
 from . import torch_file
 from .vocabulary import KIND_REFUSAL, MAX_DIMS
 
@@ -72,12 +70,6 @@ def safe_torch_load(file, map_location=None):
         file = where = _checked_path(file)
     try:
         return torch_file.load(file, map_location, where)
-    except MalformedPickleError as err:
-        if isinstance(err, TruncatedError):
-            raise
-        raise CheckpointFileError(
-            f'{where} is not a PyTorch checkpoint that convnext_mm can read '
-            f'({str(err).split(": ", 1)[-1]})') from None
     except MemoryError:
         raise CheckpointTooCostlyError(
             f'{where}: loading it needs more memory than this machine '

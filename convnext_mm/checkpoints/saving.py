@@ -1,12 +1,7 @@
-"""Write files so that they appear whole or not at all, readable as the
-user's other files are.
-
-A temporary file in the destination's folder is written, flushed to disk and
-renamed into place (``os.replace``, atomic on one file system); on any error
-it is removed and an existing destination stays as it was. Temporary files
-are created private (mode 0600); the finished file gets the mode a plain
-``open`` would have given it (0666 less the umask), so a shared cache stays
-readable to the next user.
+"""Write files so that they appear whole or not at all: a private temporary
+file in the destination's folder, flushed and renamed into place; on any
+error it is removed and the destination stays as it was. The finished file
+gets the mode a plain ``open`` would give it (0666 less the umask).
 """
 import errno
 import os

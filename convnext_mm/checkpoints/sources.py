@@ -1,12 +1,10 @@
 """Where a checkpoint comes from, and the package's one cache.
 
 A checkpoint is named by a local path (a file or a Hugging Face folder), or
-by one of the schemes of mmengine's ``CheckpointLoader`` in :data:`SCHEMES`:
-http(s) URLs (downloaded once, :mod:`.download`), mmengine's model-zoo names
-(``open-mmlab://``, ``mmcls://``, ``torchvision://``: the URL or file its
-tables name), and ``s3://`` / ``petrel://`` (bytes through mmengine's file
-backend). Each is read by :mod:`.safe_load`. A name of any other scheme
-(``pavi://``, one registered later) is refused by :func:`refused`: its
+by one of the schemes of mmengine's ``CheckpointLoader`` in :data:`SCHEMES`
+(http(s) URLs downloaded once by :mod:`.download`, mmengine's model-zoo
+names, ``s3://`` / ``petrel://`` through mmengine's file backend), and read
+by :mod:`.safe_load`. Any other scheme is refused by :func:`refused`: its
 mmengine loader would read the file with an unchecked ``torch.load``.
 """
 import io

@@ -1,15 +1,12 @@
 """Read a torch checkpoint file (``torch.save``'s zip or legacy format)
 without ``torch.load``.
 
-The format is decided as torch decides it, by the first bytes (a ``.tar``
-file is refused: only running its pickles reads it), and every byte is
-accounted for before anything is built: a zip's records back to back from
-offset 0 where its directory says and named as it says, the directory after
-them and the end record at the end; a legacy file's pickles and storages
-filling it exactly, each storage's size checked against the bytes left
-before it is allocated. Pickles are run by :mod:`.unpickler`; each storage
-is read once, straight into an uninitialised tensor, and placed by
-``map_location`` as ``torch.load`` places it.
+The format is decided as torch decides it, by the first bytes, and every
+byte is accounted for before anything is built (docs/security.md), so that
+this reader and torch's never see different files. Pickles are run by
+:mod:`.unpickler`; each storage is checked against the bytes left, read once
+straight into an uninitialised tensor and placed by ``map_location`` as
+``torch.load`` places it.
 """
 import io
 import os
@@ -103,8 +100,9 @@ def _run_pickle(stream, end, where, persistent_load=None):
 # --- the zip format ----------------------------------------------------------
 
 def _zip_layout(handle: BinaryIO, size: int, where: str):
-    """The ZipFile, its prefix and each record's data offset, once every
-    byte of the file is accounted for (see the module docstring)."""
+    """The ZipFile, its prefix and each record's (data offset, size, ZipInfo
+    if compressed), once every byte of the file is accounted for (see the
+    module docstring)."""
     handle.seek(0)
     try:
         archive = zipfile.ZipFile(handle)
@@ -135,7 +133,7 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
     if stray:
         raise CheckpointFileError(f'{where}: the zip checkpoint has records '
                                   f'outside {prefix}: {stray[0][:80]}')
-    offset, data_at = 0, {}
+    offset, records = 0, {}
     ordered = sorted(infos, key=lambda i: i.header_offset)
     starts = [i.header_offset for i in ordered[1:]] + [archive.start_dir]
     for info, following in zip(ordered, starts):
@@ -154,8 +152,11 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
                 'utf-8' if info.flag_bits & 0x800 else 'cp437'):
             raise _two_ways(where, f'record {record} has another name in '
                             'its header')
-        data_at[info.filename] = offset + _LOCAL.size + sum(fields[-2:])
-        offset = data_at[info.filename] + info.compress_size
+        start = offset + _LOCAL.size + sum(fields[-2:])
+        records[info.filename] = (start, info.file_size, None if
+                                  info.compress_type == zipfile.ZIP_STORED
+                                  else info)
+        offset = start + info.compress_size
         if info.flag_bits & 0x08:
             offset += _descriptor_length(handle, offset, following - offset,
                                          info, where)
@@ -175,15 +176,16 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
                 f'{info.compress_size:,} -> {info.file_size:,} bytes (over '
                 f'{MAX_INFLATION}x; torch.save never compresses): a '
                 'decompression bomb. Refusing to load it')
-    if offset != archive.start_dir:
-        raise _two_ways(where, "the zip checkpoint's directory is not where "
-                        'its records end (a second directory?)')
+    # the directory must follow the records, end where the end records
+    # begin, and lie where they say: zipfile moves a misplaced one
+    # ("concatenated" zips), torch's reader does not
     handle.seek(size - _EOCD.size)
     end = handle.read(_EOCD.size)
     if len(end) != _EOCD.size or end[:4] != b'PK\x05\x06' or \
             _EOCD.unpack(end)[-1] != 0:
         raise _two_ways(where, "data follows the zip checkpoint's end record")
-    directory_end, cd_size = size - _EOCD.size, _EOCD.unpack(end)[5]
+    directory_end, (cd_size, cd_offset) = size - _EOCD.size, \
+        _EOCD.unpack(end)[5:7]
     handle.seek(directory_end - 20)
     locator = handle.read(20)
     if locator[:4] == b'PK\x06\x07':  # zip64: torch writes it always
@@ -191,15 +193,18 @@ def _zip_layout(handle: BinaryIO, size: int, where: str):
         head = b''
         if record < directory_end - 20:  # a place inside the file
             handle.seek(record)
-            head = handle.read(48)
-        if head[:4] != b'PK\x06\x06' or len(head) < 48 or record + 12 + \
+            head = handle.read(56)
+        if head[:4] != b'PK\x06\x06' or len(head) < 56 or record + 12 + \
                 struct.unpack('<Q', head[4:12])[0] != directory_end - 20:
             raise CheckpointFileError(f'{where}: a damaged zip64 end record')
-        cd_size, directory_end = struct.unpack('<Q', head[40:48])[0], record
-    if archive.start_dir + cd_size != directory_end:
-        raise _two_ways(where, 'the zip checkpoint has bytes between its '
-                        'directory and its end record (a second directory?)')
-    return archive, prefix, data_at
+        (cd_size, cd_offset), directory_end = struct.unpack(
+            '<2Q', head[40:56]), record
+    if not offset == cd_offset == archive.start_dir == directory_end - \
+            cd_size:
+        raise _two_ways(where, "the zip checkpoint's directory is not where "
+                        'its records end and its end record says (a second '
+                        'directory?)')
+    return archive, prefix, records
 
 
 def _descriptor_length(handle, offset, room, info, where) -> int:
@@ -223,86 +228,59 @@ def _descriptor_length(handle, offset, room, info, where) -> int:
         'match its directory entry')
 
 
-class _Records:
-    """The records of a checked zip checkpoint: name -> (where its data
-    starts, its size, and for a compressed record its ``ZipInfo``).
-    zipfile's own tables are let go once this is made (a file of 100,000
-    tensors holds 100,000 of them); an archive with compressed records
-    (torch writes none) is kept to inflate them."""
-
-    def __init__(self, handle, archive, data_at, where: str):
-        self.handle, self.where, self.entries = handle, where, {}
-        for info in archive.infolist():
-            packed = info.compress_type != zipfile.ZIP_STORED
-            self.entries[info.filename] = (data_at[info.filename],
-                                           info.file_size,
-                                           info if packed else None)
-        self.archive = archive if any(
-            e[2] for e in self.entries.values()) else None
-
-    def read(self, name: str, nbytes: Optional[int] = None) -> torch.Tensor:
-        """A record's bytes; ``nbytes``, what its tensor announces, must be
-        its size. A stored record - every record torch writes - is read
-        straight from its place in the file, which the layout has shown to
-        lie in the file."""
-        if name not in self.entries:
-            raise MalformedPickleError(f'{self.where}: storage record {name} '
-                                       'is missing')
-        start, size, packed = self.entries[name]
-        if nbytes is not None and size != nbytes:
-            raise MalformedPickleError(
-                f'{self.where}: storage record {name} holds {size:,} bytes, '
-                f'its tensor announces {nbytes:,}')
-        if packed is None:
-            self.handle.seek(start)
-            return _read_into(self.handle, size, self.where, name)
-        data = bytearray(size)
-        try:  # zipfile checks the CRC as it reads
-            with self.archive.open(packed) as member:
-                if member.readinto(data) != size or member.read(1):
-                    raise TruncatedError(f'{self.where} is truncated in '
-                                         f'{name[:80]}')
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
-                NotImplementedError, RuntimeError) as err:
-            # NotImplementedError: a method zipfile lacks; RuntimeError:
-            # an encrypted record
-            raise CheckpointFileError(f'{self.where}: record {name[:80]} is '
-                                      f'damaged ({err})') from None
-        return torch.frombuffer(data, dtype=torch.uint8) if data else \
-            torch.empty(0, dtype=torch.uint8)
-
-    def read_bytes(self, name: str) -> bytes:
-        """A record as one bytes object (the pickle, read as it is run)."""
-        start, size, packed = self.entries[name]
-        if packed is not None:
-            return bytes(self.read(name).numpy())
-        self.handle.seek(start)
-        data = self.handle.read(size)
-        if len(data) != size:
-            raise TruncatedError(f'{self.where} is truncated in {name[:80]}')
-        return data
+def _read_record(handle, archive, records, name, where, nbytes=None):
+    """A record's bytes as a uint8 tensor; ``nbytes``, what its tensor
+    announces, must be its size. A stored record - every record torch
+    writes - is read straight from its place in the file, which the layout
+    has shown to lie in the file; zipfile inflates a compressed one."""
+    if name not in records:
+        raise MalformedPickleError(f'{where}: storage record {name} is '
+                                   'missing')
+    start, size, packed = records[name]
+    if nbytes is not None and size != nbytes:
+        raise MalformedPickleError(
+            f'{where}: storage record {name} holds {size:,} bytes, its '
+            f'tensor announces {nbytes:,}')
+    if packed is None:
+        handle.seek(start)
+        return _read_into(handle, size, where, name)
+    data = bytearray(size)
+    try:  # zipfile checks the CRC as it reads
+        with archive.open(packed) as member:
+            if member.readinto(data) != size or member.read(1):
+                raise TruncatedError(f'{where} is truncated in {name[:80]}')
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError,
+            NotImplementedError, RuntimeError) as err:
+        # NotImplementedError: a method zipfile lacks; RuntimeError: an
+        # encrypted record
+        raise CheckpointFileError(f'{where}: record {name[:80]} is damaged '
+                                  f'({err})') from None
+    return torch.frombuffer(data, dtype=torch.uint8) if data else \
+        torch.empty(0, dtype=torch.uint8)
 
 
 def _load_zip(handle, size, where, map_location):
-    archive, prefix, data_at = _zip_layout(handle, size, where)
-    records = _Records(handle, archive, data_at, where)
-    if records.archive is None:
-        archive.close()
-    del archive, data_at
-    if prefix + 'byteorder' in records.entries and records.read_bytes(
-            prefix + 'byteorder') != b'little':
+    archive, prefix, records = _zip_layout(handle, size, where)
+    if not any(packed for _, _, packed in records.values()):
+        # its tables let go: 100,000 ZipInfos for as many tensors
+        archive = archive.close()
+
+    def read(name, nbytes=None):
+        return _read_record(handle, archive, records, prefix + name, where,
+                            nbytes)
+
+    if prefix + 'byteorder' in records and \
+            bytes(read('byteorder').numpy()) != b'little':
         raise CheckpointFileError(
             f'{where} was saved on a big-endian machine; convnext_mm reads '
             'little-endian checkpoints (re-save it on x86 or Arm)')
-    pickle_size = records.entries[prefix + 'data.pkl'][1]
-    if pickle_size > MAX_PICKLE_BYTES:
+    if records[prefix + 'data.pkl'][1] > MAX_PICKLE_BYTES:
         raise CheckpointTooCostlyError(
-            f'{where}: its pickle is {pickle_size:,} bytes, beyond any model '
-            'checkpoint. Refusing to load it')
-    data = records.read_bytes(prefix + 'data.pkl')
-    storages = _Storages(
-        lambda key, n: records.read(f'{prefix}data/{key}', n),
-        map_location, where)
+            f'{where}: its pickle is {records[prefix + "data.pkl"][1]:,} '
+            'bytes, beyond any model checkpoint. Refusing to load it')
+    data = bytes(read('data.pkl').numpy())
+    storages = _Storages(lambda key, n: read(f'data/{key}', n), map_location,
+                         where)
     return _run_pickle(io.BytesIO(data), len(data), where, storages)
 
 
