@@ -294,8 +294,7 @@ def _read_dtype(dtype, what='tensors'):
 
 
 def _no_extras(hooks=None, metadata=None):
-    if hooks not in (None, {}, ()) and not (isinstance(hooks, dict)
-                                            and not hooks):
+    if hooks not in (None, {}, ()):  # an empty OrderedDict equals {}
         raise ValueError('tensors with backward hooks are not read')
     if metadata not in (None, {}):
         raise ValueError('tensors with metadata (conjugate, negative views) '
