@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 from mmengine.utils import ManagerMixin
 
 from convnext_mm.synthetic.small_configs import dump_config
@@ -64,12 +65,17 @@ def as_a_new_process(out):
     what an mmengine run changes in its process: the working folder, the
     environment, torch's deterministic mode and threads, warning filters,
     and the named loggers, message hubs, scopes and visualizers it made
-    (the next run's logs must not go to this one's files)."""
+    (the next run's logs must not go to this one's files); default scopes
+    made before it are hidden while it runs."""
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     threads = torch.get_num_threads()
     before = {cls: set(cls._instance_dict) for cls in _managers()}
+    # a new process has no default scope: one an earlier test left would
+    # make the run warn that it replaces it
+    scopes = dict(DefaultScope._instance_dict)
+    DefaultScope._instance_dict.clear()
     os.chdir(ROOT)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
@@ -94,6 +100,8 @@ def as_a_new_process(out):
                 for handler in getattr(instance, 'handlers', [])[:]:
                     handler.close()
                     instance.removeHandler(handler)
+        DefaultScope._instance_dict.clear()
+        DefaultScope._instance_dict.update(scopes)
         gc.collect()
 
 
