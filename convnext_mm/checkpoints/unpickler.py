@@ -208,10 +208,9 @@ class Machine(pickle._Unpickler):
         except (pickle.UnpicklingError, ValueError, OverflowError,
                 UnicodeError, IndexError, KeyError, TypeError, EOFError,
                 AttributeError, struct.error) as err:
-            if isinstance(err, IndexError):
-                err = 'stack underflow or no MARK'
-            raise self.malformed(f'{type(err).__name__}: '
-                                 f'{str(err)[:200]}') from None
+            raise self.malformed(
+                'stack underflow or no MARK' if isinstance(err, IndexError)
+                else f'{type(err).__name__}: {str(err)[:200]}') from None
 
     def find_class(self, module, name):
         full = f'{_PY2_MODULES.get(module, module)}.{name}'
