@@ -6,6 +6,7 @@ Cases that crashed the process are loaded in forked children
 (``child_loader``) through the safe reader, mmengine's loader and a
 ConvNeXt ``init_cfg`` in turn.
 """
+import argparse
 import io
 import json
 import pickle
@@ -20,7 +21,8 @@ from mmengine.runner.checkpoint import (CheckpointLoader, _load_checkpoint,
 
 import convnext_mm  # noqa: F401  (installs the safe loaders)
 import crafted as C
-from convnext_mm.checkpoints import (CheckpointFileError, TruncatedError,
+from convnext_mm.checkpoints import (CheckpointFileError,
+                                     CheckpointTooCostlyError, TruncatedError,
                                      UnsafeCheckpointError,
                                      read_file, safe_torch_load)
 from convnext_mm.checkpoints import mmengine_hook
@@ -99,6 +101,22 @@ def test_keys_and_values_nested_deep_are_refused(child_loader, tmp_path):
     for body in (key(100_000), lists):
         path = write(tmp_path, C.torch_zip(C.program(body)))
         refused_in_children(child_loader, path, 'nest more than')
+
+
+def test_nesting_inside_a_namespace_is_bounded(tmp_path):
+    """The authors' training container keeps its command line in an
+    ``argparse.Namespace``: its attributes are walked like a container's
+    items (nesting bounded, no unfinished values)."""
+    deep = []
+    for _ in range(150):
+        deep = [deep]
+    data = pickle.dumps({'args': argparse.Namespace(x=deep)}, protocol=2)
+    path = write(tmp_path, C.torch_zip(data))
+    with pytest.raises(CheckpointTooCostlyError, match='nest more than'):
+        safe_torch_load(path)
+    shallow = pickle.dumps({'args': argparse.Namespace(x=[[1]])}, protocol=2)
+    path = write(tmp_path, C.torch_zip(shallow))
+    assert safe_torch_load(path)['args'].x == [[1]]
 
 
 def test_a_file_reads_one_way_only(tmp_path):
