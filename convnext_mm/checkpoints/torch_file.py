@@ -274,10 +274,11 @@ def _load_zip(handle, size, where, map_location):
         raise CheckpointFileError(
             f'{where} was saved on a big-endian machine; convnext_mm reads '
             'little-endian checkpoints (re-save it on x86 or Arm)')
-    if records[prefix + 'data.pkl'][1] > MAX_PICKLE_BYTES:
+    pickle_size = records[prefix + 'data.pkl'][1]
+    if pickle_size > MAX_PICKLE_BYTES:
         raise CheckpointTooCostlyError(
-            f'{where}: its pickle is {records[prefix + "data.pkl"][1]:,} '
-            'bytes, beyond any model checkpoint. Refusing to load it')
+            f'{where}: its pickle is {pickle_size:,} bytes, beyond any model '
+            'checkpoint. Refusing to load it')
     data = bytes(read('data.pkl').numpy())
     storages = _Storages(lambda key, n: read(f'data/{key}', n), map_location,
                          where)

@@ -11,6 +11,7 @@ refused. Shared values are visited once (time linear in the pickle). What is
 read, refused and bounded: docs/security.md.
 """
 import argparse
+import functools
 import pickle
 import pickletools
 import struct
@@ -136,7 +137,6 @@ class _Memo:
             self.sparse[key] = value
 
 
-_MISSING = Internal()
 _FILLED = {pickle.APPEND: (list, 1), pickle.APPENDS: (list, None),
            pickle.SETITEM: (dict, 2), pickle.SETITEMS: (dict, None),
            pickle.ADDITEMS: (set, None)}
@@ -184,7 +184,6 @@ class Machine(pickle._Unpickler):
         self._unframer = pickle._Unframer(self._file_read,
                                           self._file_readline)
         self.read, self.readline = self._unframer.read, self._unframer.readline
-        self.readinto = self._unframer.readinto
         self.stack, self.metastack = [], []
         self.append = self.stack.append
         try:
@@ -214,10 +213,10 @@ class Machine(pickle._Unpickler):
 
     def find_class(self, module, name):
         full = f'{_PY2_MODULES.get(module, module)}.{name}'
-        entry = self.vocabulary.get(full, _MISSING)
-        if entry is _MISSING:
+        if full not in self.vocabulary:
             raise UnsafeCheckpointError(f'{self.where}: refusing to load '
                                         f'{full[:200]}: {_REFUSED_BY_NAME}')
+        entry = self.vocabulary[full]
         if isinstance(entry, Refused):
             raise UnsafeCheckpointError(f'{self.where}: {entry.why}')
         return entry
@@ -264,16 +263,16 @@ class Machine(pickle._Unpickler):
                                  f'{type(target).__name__}')
         if kind is list:
             target.extend(items)
-            return target
-        if kind is dict and len(items) % 2:
-            raise self.malformed('odd dict items')
-        for key in items[::2] if kind is dict else items:
-            self.check_key(key)
-        if kind is set:
+        elif kind is set:
+            for item in items:
+                self.check_key(item)
             target.update(items)
-        for key, value in zip(items[::2], items[1::2]) if kind is dict \
-                else ():
-            target[key] = value  # one by one: a Counter's update counts
+        elif len(items) % 2:
+            raise self.malformed('odd dict items')
+        else:
+            for key, value in zip(items[::2], items[1::2]):
+                self.check_key(key)
+                target[key] = value  # one by one: a Counter's update counts
         return target
 
     def call(self, entry, args, opcode):
@@ -303,15 +302,18 @@ class Machine(pickle._Unpickler):
     def load_reduce(self):
         args = self.stack.pop()
         self.stack[-1] = self.call(self.stack[-1], args, 'REDUCE')
+    dispatch[pickle.REDUCE[0]] = load_reduce
 
     def load_newobj(self, kwargs=None):
         args = self.stack.pop()
         if kwargs not in (None, {}):
             raise self.unsafe('NEWOBJ_EX with keyword arguments')
         self.stack[-1] = self.call(self.stack[-1], args, 'NEWOBJ')
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
 
     def load_newobj_ex(self):
         self.load_newobj(self.stack.pop())
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
     def load_build(self):
         """BUILD: a state dict's ``_metadata`` on an OrderedDict, or the
@@ -328,6 +330,7 @@ class Machine(pickle._Unpickler):
             raise self.unsafe(str(err)) from None
         except TypeError as err:
             raise self.malformed(str(err)) from None
+    dispatch[pickle.BUILD[0]] = load_build
 
     def load_filled(self, kind, count):
         items = self.pop_mark() if count is None else self.stack[-count:]
@@ -338,14 +341,17 @@ class Machine(pickle._Unpickler):
     def load_dict(self):
         items = self.pop_mark()  # before self.append: it changes it
         self.append(self.fill({}, dict, items))
+    dispatch[pickle.DICT[0]] = load_dict
 
     def load_frozenset(self):
         items = self.pop_mark()
         self.append(frozenset(self.fill(set(), set, items)))
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
 
     def load_bytearray8(self):
         self.load_binbytes8()
         self.stack[-1] = bytearray(self.stack[-1])
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def set_metadata(self, target, state):
         """BUILD on an OrderedDict: only the ``_metadata`` of a module's
@@ -397,13 +403,9 @@ class Machine(pickle._Unpickler):
         return value
 
 
-for _code, (_kind, _count) in _FILLED.items():
-    Machine.dispatch[_code[0]] = \
-        lambda self, kind=_kind, count=_count: self.load_filled(kind, count)
-for _name in ('reduce', 'newobj', 'newobj_ex', 'build', 'dict', 'frozenset',
-              'bytearray8'):
-    Machine.dispatch[getattr(pickle, _name.upper())[0]] = getattr(
-        Machine, f'load_{_name}')
+Machine.dispatch.update({code[0]: functools.partial(
+    Machine.load_filled, kind=kind, count=count)
+    for code, (kind, count) in _FILLED.items()})
 _CONTAINERS = (dict, list, tuple, set, frozenset, argparse.Namespace)
 
 
